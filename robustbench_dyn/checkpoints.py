@@ -1,0 +1,182 @@
+"""Safe checkpoints: safetensors files + a JSON manifest with each file's sha256.
+
+Loading never executes code: safetensors holds raw tensors, the manifest is JSON. The sha256 of the
+file is checked against the manifest before the tensors are read. ``models/manifest.json``::
+
+    {"format": 1, "models": {NAME: {"file", "sha256", "arch", "arch_kwargs", "recipe", "seed",
+                                    "dataset": {"id", "label", "digest"}, "metrics", "params",
+                                    "macs", "device", "wall_time_s", "versions", ...}}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+def default_models_dir() -> Path:
+    """``$ROBUSTDYN_MODELS``, else the repository's ``models/`` (checkout or editable install), else ./models."""
+    env = os.environ.get("ROBUSTDYN_MODELS")
+    if env:
+        return Path(env)
+    repo_models = Path(__file__).resolve().parent.parent / "models"
+    if repo_models.is_dir():
+        return repo_models
+    return Path.cwd() / "models"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(models_dir=None) -> dict:
+    """The manifest's ``models`` mapping (empty if there is no manifest yet)."""
+    path = Path(models_dir or default_models_dir()) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"zoo manifest {path} is unreadable ({e})",
+                              f"restore it with `git checkout {path}`") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("models"), dict):
+        raise CheckpointError(f"zoo manifest {path} is not a format-{FORMAT} robustdyn manifest",
+                              f"restore it with `git checkout {path}`")
+    return data["models"]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def update_manifest(name: str, entry: dict, models_dir=None) -> None:
+    """Insert or replace one model's entry (file-locked: parallel trainers may share a folder)."""
+    mdir = Path(models_dir or default_models_dir())
+    path = mdir / MANIFEST
+    with _locked(path):
+        models = read_manifest(mdir)
+        models[name] = entry
+        ordered = dict(sorted(models.items()))
+        _atomic_write_text(path, json.dumps({"format": FORMAT, "models": ordered}, indent=1, sort_keys=False) + "\n")
+
+
+def state_dict_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(model: nn.Module, name: str, info: dict, models_dir=None) -> dict:
+    """Write ``NAME.safetensors`` atomically and record it (with its sha256) in the manifest."""
+    mdir = Path(models_dir or default_models_dir())
+    mdir.mkdir(parents=True, exist_ok=True)
+    path = mdir / f"{name}.safetensors"
+    fd, tmp = tempfile.mkstemp(dir=mdir, prefix=f".{name}.", suffix=".safetensors")
+    os.close(fd)
+    save_file(state_dict_tensors(model), tmp, metadata={"name": name, "format": "robustdyn-1"})
+    os.replace(tmp, path)
+    entry = {**info, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    update_manifest(name, entry, mdir)
+    return entry
+
+
+def _fix(name: str) -> str:
+    return (f"train it with `python scripts/train.py --model {name}`, or point --models-dir / "
+            f"ROBUSTDYN_MODELS at a folder that holds it")
+
+
+def read_state_dict(name: str, models_dir=None, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """The checkpoint's tensors and its manifest entry, after the sha256 check."""
+    mdir = Path(models_dir or default_models_dir())
+    entry = read_manifest(mdir).get(name)
+    path = mdir / (entry["file"] if entry else f"{name}.safetensors")
+    if entry is None:
+        raise CheckpointError(f"no checkpoint for {name!r} in the zoo manifest {mdir / MANIFEST}", _fix(name))
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {path} is missing", _fix(name) + " (or `git checkout` it)")
+    if verify:
+        digest = sha256_file(path)
+        if digest != entry.get("sha256"):
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or was modified: sha256 {digest[:12]}... does not match the "
+                f"manifest's {str(entry.get('sha256'))[:12]}...", f"restore it (`git checkout {path}`) or retrain it")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e})",
+                              f"restore it (`git checkout {path}`) or retrain it") from None
+    return tensors, entry
+
+
+def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], path_label: str, name: str) -> nn.Module:
+    """load_state_dict(strict) with an error that names the file and the mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of wrong shape (e.g. {k}: file {tuple(tensors[k].shape)} vs "
+                         f"model {tuple(own[k].shape)})")
+        raise CheckpointError(f"checkpoint {path_label} does not match the architecture of {name!r}: "
+                              + ", ".join(parts), f"the file belongs to another model; {_fix(name)}")
+    model.load_state_dict(tensors, strict=True)
+    return model
+
+
+def load_checkpoint(name: str, models_dir=None, device="cpu", verify: bool = True) -> nn.Module:
+    from .registry import create_model
+
+    mdir = Path(models_dir or default_models_dir())
+    tensors, entry = read_state_dict(name, mdir, verify=verify)
+    model = create_model(name, **entry.get("arch_overrides", {}))
+    load_into(model, tensors, str(mdir / entry["file"]), name)
+    model.checkpoint_sha256 = entry["sha256"]
+    model.checkpoint_name = name
+    return model.to(device).eval()
+
+
+def checkpoint_present(name: str, models_dir=None) -> bool:
+    mdir = Path(models_dir or default_models_dir())
+    try:
+        entry = read_manifest(mdir).get(name)
+    except CheckpointError:
+        return False
+    return bool(entry) and (mdir / entry["file"]).exists()

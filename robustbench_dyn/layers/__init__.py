@@ -1,0 +1,28 @@
+"""Dynamic layers: DyConv2d, ODConv2d, ChannelGate (+ losses) and the conv factory."""
+
+from .dyconv import DyConv2d, KernelAttention
+from .factory import CONV_KINDS, make_conv
+from .gate import ChannelGate, GateRecorder, batch_shaping_loss, beta_cdf, l0_loss
+from .odconv import ODAttentions, ODConv2d, OmniAttention
+
+__all__ = [
+    "CONV_KINDS", "ChannelGate", "DyConv2d", "GateRecorder", "KernelAttention", "ODAttentions", "ODConv2d",
+    "OmniAttention", "batch_shaping_loss", "beta_cdf", "l0_loss", "make_conv", "set_temperature",
+    "set_dyconv_mode",
+]
+
+
+def set_temperature(model, value: float) -> None:
+    """Set the attention temperature of every DyConv/ODConv layer (used by the training anneal)."""
+    for m in model.modules():
+        if isinstance(m, (KernelAttention, OmniAttention)):
+            m.temperature.fill_(float(value))
+
+
+def set_dyconv_mode(model, mode: str) -> None:
+    """Switch every DyConv2d between the exact "grouped" and "dense" computations."""
+    for m in model.modules():
+        if isinstance(m, DyConv2d):
+            if mode not in ("grouped", "dense"):
+                raise ValueError(f"mode must be 'grouped' or 'dense', got {mode!r}")
+            m.mode = mode

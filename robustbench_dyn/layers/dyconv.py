@@ -1,0 +1,105 @@
+"""Dynamic convolution (Chen et al., CVPR 2020).
+
+K kernels W_1..W_K are mixed per example by an input-dependent attention
+``pi(x) = softmax(FC(ReLU(FC(avgpool(x)))) / T)``; the layer computes
+``conv(x, sum_k pi_k(x) W_k)``.
+
+Two exact ways to compute it for a batch, selected by ``mode``:
+
+* ``"grouped"``: aggregate one kernel per example (a (B, K) x (K, P) matmul) and run a single
+  grouped convolution with the batch folded into the groups. Cost: one conv + aggregation.
+* ``"dense"``: run the K kernels as one dense conv with K*C_out output channels and take the
+  attention-weighted sum (conv is linear in its weight). Cost: K convs, but dense cuDNN/oneDNN kernels.
+
+Which one is faster depends on the device, batch and layer shape: ``scripts/bench_layers.py``
+measures both. The attention temperature is a registered buffer, so it is saved with the
+checkpoint and a trained model never silently runs at the initial temperature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("grouped", "dense")
+
+
+class KernelAttention(nn.Module):
+    """avgpool -> FC -> ReLU -> FC -> softmax(z / T). Returns (B, K) attention over kernels.
+
+    A forward hook on this module sees the attention vectors (what the dynamics probes read).
+    """
+
+    def __init__(self, in_channels: int, num_kernels: int, reduction: int = 4, min_hidden: int = 4,
+                 temperature: float = 30.0) -> None:
+        super().__init__()
+        hidden = max(in_channels // reduction, min_hidden)
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, num_kernels)
+        self.num_kernels = num_kernels
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x) / self.temperature, dim=1)
+
+
+class DyConv2d(nn.Module):
+    """Dynamic convolution with K kernels (K = 1..8). Bias-free (a BatchNorm follows)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, K: int = 4, reduction: int = 4, temperature: float = 30.0,
+                 mode: str = "dense") -> None:
+        super().__init__()
+        if not 1 <= K <= 8:
+            raise ValueError(f"DyConv2d supports K = 1..8 kernels, got K={K}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.K = kernel_size, stride, padding, K
+        self.mode = mode
+        self.weight = nn.Parameter(torch.empty(K, out_channels, in_channels, kernel_size, kernel_size))
+        for k in range(K):
+            nn.init.kaiming_normal_(self.weight[k], mode="fan_out", nonlinearity="relu")
+        self.attention = KernelAttention(in_channels, K, reduction=reduction, temperature=temperature)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, K={self.K}, mode={self.mode}")
+
+    def aggregate(self, attn: torch.Tensor) -> torch.Tensor:
+        """Per-example kernels (B, C_out, C_in, k, k) = sum_k attn[:, k] W_k."""
+        B = attn.shape[0]
+        w = attn @ self.weight.reshape(self.K, -1)
+        return w.reshape(B, self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn = self.attention(x)
+        if self.mode == "dense":
+            return self._dense(x, attn)
+        return self._grouped(x, attn)
+
+    def _dense(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        w = self.weight.reshape(self.K * self.out_channels, self.in_channels, self.kernel_size,
+                                self.kernel_size)
+        y = F.conv2d(x, w, None, self.stride, self.padding)
+        y = y.reshape(B, self.K, self.out_channels, y.shape[-2], y.shape[-1])
+        return torch.einsum("bk,bkohw->bohw", attn.to(y.dtype), y)
+
+    def _grouped(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        w = self.aggregate(attn.to(x.dtype) if x.dtype != attn.dtype else attn)
+        w = w.reshape(B * self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+        y = F.conv2d(x.reshape(1, B * C, H, W), w.to(x.dtype), None, self.stride, self.padding, groups=B)
+        return y.reshape(B, self.out_channels, y.shape[-2], y.shape[-1])
+
+
+def kernel_entropy_max(K: int) -> float:
+    """Upper bound of the attention entropy (nats): log K."""
+    return math.log(K)

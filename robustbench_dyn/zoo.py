@@ -1,0 +1,47 @@
+"""The zoo table behind `robustdyn list`: registry x manifest, with params and MACs measured."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pandas as pd
+
+from .checkpoints import checkpoint_present, default_models_dir, read_manifest
+from .costs import count_macs, count_params
+from .registry import create_model, get_spec, list_models
+
+
+@lru_cache(maxsize=None)
+def model_cost(name: str) -> tuple[int, int]:
+    """(params, MACs) of a registered architecture, measured once per process."""
+    m = create_model(name)
+    return count_params(m), count_macs(m)
+
+
+def zoo_table(pattern: str = "*", models_dir=None) -> pd.DataFrame:
+    mdir = models_dir or default_models_dir()
+    manifest = read_manifest(mdir)
+    rows = []
+    for name in list_models(pattern):
+        spec = get_spec(name)
+        entry = manifest.get(name, {})
+        if entry.get("params") and entry.get("macs"):
+            params, macs = entry["params"], entry["macs"]
+        else:
+            params, macs = model_cost(name)
+        metrics = entry.get("metrics", {})
+        clean = metrics.get("clean_acc")
+        mean_macs = metrics.get("mean_executed_macs")
+        rows.append({
+            "name": name,
+            "family": spec.family,
+            "depth": spec.depth,
+            "K": spec.K,
+            "training": spec.training,
+            "params (M)": f"{params / 1e6:.3f}",
+            "MACs (M)": f"{macs / 1e6:.2f}" + (f" [{mean_macs / 1e6:.2f}]" if mean_macs else ""),
+            "checkpoint": "yes" if checkpoint_present(name, mdir) else "no",
+            "clean acc (%)": f"{100 * clean:.2f}" if clean is not None else "",
+            "data": entry.get("dataset", {}).get("label", "") if entry else "",
+        })
+    return pd.DataFrame(rows)
