@@ -79,6 +79,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -105,6 +106,7 @@ def save_checkpoint(model: nn.Module, name: str, info: dict, models_dir=None) ->
     fd, tmp = tempfile.mkstemp(dir=mdir, prefix=f".{name}.", suffix=".safetensors")
     os.close(fd)
     save_file(state_dict_tensors(model), tmp, metadata={"name": name, "format": "robustdyn-1"})
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
     entry = {**info, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     update_manifest(name, entry, mdir)

@@ -22,13 +22,18 @@ if not console.is_terminal:
     console = Console(width=200)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    """Benchmark the adversarial robustness of dynamic CNNs against static ResNets on CIFAR-10."""
-    if version:
+def _print_version(value: bool) -> None:
+    # an eager option callback: runs while parsing, so `robustdyn --version` needs no subcommand
+    if value:
         from .. import __version__
 
         console.print(f"robustdyn {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    """Benchmark the adversarial robustness of dynamic CNNs against static ResNets on CIFAR-10."""

@@ -28,7 +28,7 @@ SURROGATES = ("none", "bpda")
 class ChannelGate(nn.Module):
     """Emits (B, C) gates in {0, 1} for C channels from a block input with ``in_channels``."""
 
-    def __init__(self, in_channels: int, channels: int, hidden: int = 16, init_bias: float = 2.0,
+    def __init__(self, in_channels: int, channels: int, hidden: int = 16, init_bias: float = 0.5,
                  tau: float = 2.0 / 3.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_channels, hidden)
@@ -48,11 +48,11 @@ class ChannelGate(nn.Module):
             u = torch.rand_like(z).clamp_(1e-6, 1 - 1e-6)
             soft = torch.sigmoid((z + torch.log(u) - torch.log1p(-u)) / self.tau)
             hard = (soft > 0.5).to(soft.dtype)
-            return hard + soft - soft.detach()
+            return hard + (soft - soft.detach())  # exactly hard forward: (s - s) == 0
         hard = (z > 0).to(z.dtype)
         if self.surrogate == "bpda":
             soft = torch.sigmoid(z)
-            return hard + soft - soft.detach()
+            return hard + (soft - soft.detach())  # exactly hard forward: (s - s) == 0
         return hard
 
 
@@ -129,7 +129,9 @@ def beta_cdf(x: torch.Tensor, a: float, b: float) -> torch.Tensor:
     left = x64 < (a + 1.0) / (a + b + 2.0)
     lo = front * _betacf(a, b, torch.where(left, x64, torch.full_like(x64, 0.5))) / a
     hi = 1.0 - front * _betacf(b, a, torch.where(left, torch.full_like(x64, 0.5), 1.0 - x64)) / b
-    return torch.where(left, lo, hi).clamp(0.0, 1.0)
+    out = torch.where(left, lo, hi).clamp(0.0, 1.0)
+    xd = x.detach().double()  # exact at the ends (the clamp above would leave ~1e-5 for a, b < 1)
+    return torch.where(xd <= 0, torch.zeros_like(out), torch.where(xd >= 1, torch.ones_like(out), out))
 
 
 _TABLES: dict[tuple[float, float, int], torch.Tensor] = {}

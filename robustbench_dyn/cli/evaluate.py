@@ -1,0 +1,341 @@
+"""`robustdyn evaluate`, `robustdyn sweep` and `robustdyn check`: thin shells over
+:mod:`robustbench_dyn.evaluation`, :mod:`robustbench_dyn.suites` and :mod:`robustbench_dyn.checks`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ._app import app, console, err_console
+
+_MODEL_HELP = ("A registry name (`robustdyn list`), or path/to/file.py:factory to evaluate your own nn.Module "
+               "(imports the file and calls factory(): runs your code).")
+
+
+def _parse_settings(items: list[str] | None) -> dict:
+    from ..errors import ConfigError
+    from ..suites import tomllib
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE", "pass e.g. --set steps=50")
+        try:
+            out[key] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value.strip()
+    return out
+
+
+def _settings_text(settings: dict) -> str:
+    shown = {k: v for k, v in settings.items() if not (k in ("amp", "bpda") and v is False) and v is not None}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _load(model: str, untrained: bool, models_dir, dev):
+    from ..evaluation import is_user_model_spec, resolve_model
+
+    if is_user_model_spec(model):
+        console.print(f"[yellow]importing and running user code: {model}[/]")
+    return resolve_model(model, untrained=untrained, models_dir=models_dir, device=dev)
+
+
+def _data(data_dir):
+    from ..evaluation import load_data
+
+    data, msgs = load_data(data_dir)
+    for m in msgs:
+        err_console.print(f"warning: {m}", markup=False, highlight=False, soft_wrap=True)
+    return data
+
+
+def _model_line(info) -> str:
+    if info.untrained:
+        return (f"{info.name}  [bold red]UNTRAINED (random weights, smoke test only)[/]  "
+                f"weights {info.checkpoint_sha256[:12]}")
+    return f"{info.name}  checkpoint {info.checkpoint_sha256[:12]}"
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def _open_store(store: Path | None, no_store: bool):
+    from ..store import ResultsStore
+
+    return None if no_store else ResultsStore(store)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
+    attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name: fgsm, pgd, pgd-l2, pgd-ce, pgd-dlr, "
+                               "autoattack, square."),
+    eps: str = typer.Option(None, "--eps", help="One eps, e.g. 8/255 (default: 8/255 Linf, 0.5 L2)."),
+    eps_grid: str = typer.Option(None, "--eps-grid", help="Comma-separated eps grid, e.g. 0,2/255,4/255,8/255."),
+    n: int = typer.Option(None, "--n", help="Examples (seeded subset). Default: all on a GPU, a ~1 minute subset on "
+                          "a CPU."),
+    seed: int = typer.Option(0, "--seed", help="Subset seed (also seeds the attacks' random starts)."),
+    setting: list[str] = typer.Option(None, "--set", help="Attack setting KEY=VALUE, repeatable: --set steps=50."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder (default: ROBUSTDYN_DATA, cache, sample)."),
+    store: Path = typer.Option(None, "--store", help="Results store (default: $ROBUSTDYN_STORE or "
+                               "results/robustdyn.sqlite)."),
+    no_store: bool = typer.Option(False, "--no-store", help="Do not write the results store."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Examples per batch (and per committed chunk)."),
+    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder (default: the repo's models/)."),
+    untrained: bool = typer.Option(False, "--untrained", help="Evaluate a randomly initialised registry model "
+                                   "(smoke tests; labelled untrained in output and store)."),
+) -> None:
+    """Robust accuracy of one model under one attack at one eps or over an eps grid."""
+    from ..attacks import get_attack
+    from ..errors import ConfigError
+    from ..evaluation import (
+        default_batch_size,
+        default_n,
+        eps_label,
+        parse_eps,
+        parse_eps_grid,
+        resolve_device,
+        run_sweep,
+    )
+
+    dev = resolve_device(device)
+    entry = get_attack(attack)
+    settings = entry.settings(**_parse_settings(setting))
+    norm = entry.cls.norm_of(settings)
+    if eps is not None and eps_grid is not None:
+        raise ConfigError("--eps and --eps-grid were both given", "pass one of them")
+    grid = parse_eps_grid(eps_grid) if eps_grid is not None else [parse_eps(eps if eps is not None else
+                                                                            ("8/255" if norm == "Linf" else 0.5))]
+    net, info = _load(model, untrained, models_dir, dev)
+    data = _data(data_dir)
+    if n is None:
+        n = default_n(dev, len(data))
+        if dev.type == "cpu" and n < len(data):
+            console.print(f"[dim]CPU: evaluating a default subset of n={n} (about a minute of PGD-20 on dyconv_k4); "
+                          "pass --n for more[/]")
+    data.subset(n, seed)  # validates n and seed before anything runs
+    bs = batch_size or default_batch_size(dev)
+    st = _open_store(store, no_store)
+    console.print(f"model   {_model_line(info)}")
+    console.print(f"data    {data.label} ({data.source}), n={n}, seed={seed}")
+    eps_text = ", ".join(eps_label(e, norm) for e in grid)
+    console.print(f"attack  {attack} ({norm}): {_settings_text(settings)}; eps {eps_text}; device {dev}")
+    try:
+        with _progress() as prog:
+            task = prog.add_task(f"{info.name} · {attack}", total=n)
+            res = run_sweep(net, info, data, attack, grid, settings=settings, n=n, seed=seed, batch_size=bs,
+                            device=dev, store=st, progress=lambda d, t: prog.update(task, completed=d, total=t))
+    except KeyboardInterrupt:
+        _interrupted(st)
+    finally:
+        if st is not None:
+            st.close()
+    title = f"{info.label} under {attack} ({norm})"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("model", f"{info.label}  (sha {info.checkpoint_sha256[:12]})")
+    table.add_row("data", f"{res.dataset['label']}, n={res.n}, seed {res.seed}")
+    table.add_row("attack", f"{attack}: {_settings_text(res.settings)}")
+    table.add_row("device", res.device)
+    table.add_row("clean accuracy", _pct(res.clean_acc))
+    for e, acc in res.robust_acc.items():
+        table.add_row(f"robust accuracy @ {eps_label(e, norm)}", _pct(acc))
+    reused = res.n - res.n_computed
+    table.add_row("seconds", f"{res.seconds:.1f}" + (f"  ({reused} of {res.n} examples resumed from the store)"
+                                                     if reused else ""))
+    table.add_row("store", str(st.path) if st is not None else "not written (--no-store)")
+    console.print(table)
+
+
+def _interrupted(st) -> None:
+    where = f" in {st.path}" if st is not None else ""
+    err_console.print(f"interrupted: every committed batch is kept{where}; rerun the same command to resume",
+                      markup=False, highlight=False)
+    sys.exit(130)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    suite: str = typer.Option(..., "--suite", "-s", help="Suite TOML (attacks/quick.toml, standard.toml, full.toml) "
+                              "or a shipped suite's name."),
+    models: str = typer.Option(..., "--models", help="Registry pattern(s), comma-separated: 'dyconv_*,static'; "
+                               "or path/file.py:factory."),
+    n: int = typer.Option(None, "--n", help="Examples per model (default: the suite's n, else all on a GPU and a "
+                          "CPU-sized subset on a CPU)."),
+    seed: int = typer.Option(None, "--seed", help="Subset seed (default: the suite's)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder."),
+    store: Path = typer.Option(None, "--store", help="Results store (default: $ROBUSTDYN_STORE or "
+                               "results/robustdyn.sqlite)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Examples per batch (and per committed chunk)."),
+    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder."),
+    untrained: bool = typer.Option(False, "--untrained", help="Randomly initialised models (smoke tests)."),
+    no_checks: bool = typer.Option(False, "--no-checks", help="Skip the suite's sanity checks."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip models without a checkpoint instead of "
+                                      "failing."),
+) -> None:
+    """Models x attacks x eps from a suite, into the results store; rerun to resume."""
+    from ..checkpoints import checkpoint_present
+    from ..checks import check_model
+    from ..errors import CheckpointError, ConfigError
+    from ..evaluation import default_batch_size, default_n, eps_label, is_user_model_spec, resolve_device, run_sweep
+    from ..registry import list_models
+    from ..store import ResultsStore
+    from ..suites import load_suite
+
+    s = load_suite(suite)
+    dev = resolve_device(device)
+    if is_user_model_spec(models):
+        names = [models]
+    else:
+        names = list_models(models)
+        if not names:
+            import difflib
+
+            from ..registry import list_models as all_models
+
+            close = difflib.get_close_matches(models, all_models(), n=3, cutoff=0.4)
+            raise ConfigError(f"no registered model matches {models!r}",
+                              f"did you mean {', '.join(close)}?" if close else "run `robustdyn list` for the zoo")
+        if not untrained:
+            missing = [m for m in names if not checkpoint_present(m, models_dir)]
+            if missing and not skip_missing:
+                raise CheckpointError(f"no checkpoint for {', '.join(missing)}",
+                                      f"train them (`python scripts/train.py --model {missing[0]}`), pass "
+                                      "--skip-missing, or --untrained for a smoke test")
+            for m in missing:
+                err_console.print(f"warning: skipping {m}: no checkpoint", markup=False, highlight=False,
+                                  soft_wrap=True)
+            names = [m for m in names if m not in missing]
+            if not names:
+                raise CheckpointError("no checkpoint for any selected model", "train them first")
+    data = _data(data_dir)
+    seed = s.seed if seed is None else seed
+    n_eff = n or s.n or default_n(dev, len(data))
+    data.subset(n_eff, seed)
+    bs = batch_size or s.batch_size or default_batch_size(dev)
+    checks = () if no_checks else s.checks
+    st = ResultsStore(store)
+    console.print(f"suite   {s.name}: {s.description}")
+    console.print(f"data    {data.label} ({data.source}), n={n_eff}, seed={seed}; device {dev}; store {st.path}")
+    console.print(f"models  {', '.join(names)}" + ("  [bold red](UNTRAINED: random weights)[/]" if untrained else ""))
+    summary: list[tuple] = []
+    try:
+        with _progress() as prog:
+            overall = prog.add_task("sweep", total=len(names) * len(s.attacks) * n_eff)
+            for m in names:
+                net, info = _load(m, untrained, models_dir, dev)
+                for a in s.attacks:
+                    desc = f"{info.name} · {a.label or a.name} · {', '.join(a.eps_text)}"
+                    task = prog.add_task(desc, total=n_eff)
+                    base = prog.tasks[overall].completed
+
+                    def report(done, total, task=task, base=base):
+                        prog.update(task, completed=done)
+                        prog.update(overall, completed=base + done)
+
+                    t0 = time.perf_counter()
+                    res = run_sweep(net, info, data, a.name, a.eps, settings=a.settings, n=n_eff, seed=seed,
+                                    batch_size=bs, device=dev, store=st, progress=report)
+                    prog.remove_task(task)
+                    norm = res.norm
+                    accs = "  ".join(f"{eps_label(e, norm)}: {_pct(v)}" for e, v in res.robust_acc.items())
+                    resumed = res.n - res.n_computed
+                    extra = f", {resumed} resumed" if resumed else ""
+                    prog.console.print(f"{info.label:<24} {a.label or a.name:<12} clean {_pct(res.clean_acc)}  {accs}  "
+                                       f"({time.perf_counter() - t0:.1f} s{extra})")
+                    summary.append((info.label, a.label or a.name, norm, res))
+                if checks:
+                    prog.console.print(f"{info.label}: sanity checks")
+                    check_model(net, info, data, n=min(n_eff, 1000), seed=seed, device=dev, store=st, names=checks,
+                                batch_size=bs, on_result=lambda r: prog.console.print("  " + r.line(), markup=False,
+                                                                                      highlight=False))
+    except KeyboardInterrupt:
+        st.close()
+        _interrupted(st)
+    st.close()
+    table = Table(title=f"suite {s.name}: robust accuracy (%), n={n_eff}, {data.label}", title_justify="left")
+    table.add_column("model")
+    table.add_column("attack")
+    table.add_column("clean", justify="right")
+    table.add_column("robust @ eps", justify="left")
+    for label, aname, norm, res in summary:
+        table.add_row(label, f"{aname} ({norm})", f"{100 * res.clean_acc:.2f}",
+                      "  ".join(f"{eps_label(e, norm)}: {100 * v:.2f}" for e, v in res.robust_acc.items()))
+    console.print(table)
+
+
+@app.command("check")
+def check_cmd(
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
+    n: int = typer.Option(None, "--n", help="Examples (default: 64 on a CPU, 1000 on a GPU)."),
+    seed: int = typer.Option(0, "--seed", help="Subset seed."),
+    eps: str = typer.Option("8/255", "--eps", help="Linf eps of the PGD-10/50 and Square checks."),
+    checks: str = typer.Option(None, "--checks", help="Comma-separated subset of: eval_mode, deterministic, logits, "
+                               "zero_gradient, large_eps, more_steps, black_box."),
+    square_queries: int = typer.Option(None, "--square-queries", help="Square queries (default: 300 CPU, 5000 GPU)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder."),
+    store: Path = typer.Option(None, "--store", help="Results store."),
+    no_store: bool = typer.Option(False, "--no-store", help="Do not write the results store."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Examples per batch."),
+    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder."),
+    untrained: bool = typer.Option(False, "--untrained", help="Randomly initialised registry model (smoke tests)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when a check fails."),
+) -> None:
+    """Gradient-masking sanity checks: PASS/FAIL per check, with the figure behind it."""
+    from ..checks import check_model
+    from ..errors import ConfigError
+    from ..evaluation import default_batch_size, parse_eps, resolve_device
+
+    dev = resolve_device(device)
+    e = parse_eps(eps)
+    names = [c.strip() for c in checks.split(",") if c.strip()] if checks else None
+    if square_queries is not None and square_queries < 1:
+        raise ConfigError(f"--square-queries must be positive, got {square_queries}", "pass e.g. --square-queries 1000")
+    from ..checks import CHECKS
+
+    for c in names or []:
+        if c not in CHECKS:
+            import difflib
+
+            close = difflib.get_close_matches(c, list(CHECKS), n=2, cutoff=0.4)
+            raise ConfigError(f"unknown check {c!r}", f"did you mean {', '.join(close)}?" if close else
+                              f"known checks: {', '.join(CHECKS)}")
+    net, info = _load(model, untrained, models_dir, dev)
+    data = _data(data_dir)
+    if n is not None:
+        data.subset(n, seed)
+    st = _open_store(store, no_store)
+    console.print(f"model   {_model_line(info)}")
+    console.print(f"data    {data.label}, device {dev}")
+    try:
+        results = check_model(net, info, data, n=n, seed=seed, device=dev, store=st, names=names, eps=e,
+                              batch_size=batch_size or default_batch_size(dev), square_queries=square_queries,
+                              on_result=lambda r: console.print(r.line(), markup=False, highlight=False))
+    except KeyboardInterrupt:
+        _interrupted(st)
+    finally:
+        if st is not None:
+            st.close()
+    failed = [r for r in results if not r.passed]
+    console.print(f"{len(results) - len(failed)}/{len(results)} checks passed" +
+                  (f"; results in {st.path}" if st is not None else ""))
+    if failed and strict:
+        raise typer.Exit(1)
+

@@ -1,0 +1,180 @@
+"""Results store: schema and version checks, resume after an interruption (no duplicate, no lost
+row, identical results), exports, checks and model tables, the detail JSON."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from _tiny import sample, trained_model
+
+from robustbench_dyn import create_model
+from robustbench_dyn.attacks import TorchattacksPGD
+from robustbench_dyn.errors import StoreError
+from robustbench_dyn.evaluation import ModelInfo, run_sweep
+from robustbench_dyn.store import (
+    SCHEMA_VERSION,
+    ResultsStore,
+    decode_bits,
+    decode_detail,
+    default_store_path,
+    encode_bits,
+    encode_detail,
+)
+
+INFO = ModelInfo("tiny", "a" * 64)
+GRID = [0.0, 2 / 255, 8 / 255]
+COLS = ["eps", "idx", "label", "clean_pred", "adv_pred", "broken_at", "perturbation"]
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROBUSTDYN_OFFLINE", "1")
+    monkeypatch.setenv("ROBUSTDYN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return trained_model()
+
+
+def test_create_and_reopen(tmp_path):
+    p = tmp_path / "sub" / "r.sqlite"
+    with ResultsStore(p) as st:
+        assert st.runs_df().empty
+    con = sqlite3.connect(p)
+    meta = dict(con.execute("SELECT key, value FROM meta"))
+    assert meta["schema"] == "robustdyn-results" and meta["version"] == str(SCHEMA_VERSION)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    ResultsStore(p).close()
+
+
+def test_default_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROBUSTDYN_STORE", str(tmp_path / "x.sqlite"))
+    assert default_store_path() == tmp_path / "x.sqlite"
+    monkeypatch.delenv("ROBUSTDYN_STORE")
+    monkeypatch.chdir(tmp_path)
+    assert default_store_path() == tmp_path / "results" / "robustdyn.sqlite"
+
+
+def test_foreign_corrupt_and_incompatible_files(tmp_path):
+    text = tmp_path / "notes.sqlite"
+    text.write_text("hello, not a database")
+    with pytest.raises(StoreError, match="notes.sqlite.*not a robustdyn results store.*Fix:"):
+        ResultsStore(text)
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (a)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="other.sqlite.*not a robustdyn results store"):
+        ResultsStore(other)
+    old = tmp_path / "old.sqlite"
+    ResultsStore(old).close()
+    con = sqlite3.connect(old)
+    con.execute("UPDATE meta SET value = '999' WHERE key = 'version'")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="old.sqlite.*schema version 999.*Fix:"):
+        ResultsStore(old)
+    broken = tmp_path / "broken.sqlite"
+    ResultsStore(broken).close()
+    raw = bytearray(broken.read_bytes())
+    raw[100:4096] = b"\xff" * (4096 - 100)
+    broken.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="broken.sqlite"):
+        ResultsStore(broken)
+    with pytest.raises(StoreError, match="folder"):
+        ResultsStore(tmp_path)
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def test_resume_after_interruption_is_identical_and_has_no_duplicates(model, tmp_path, monkeypatch):
+    data = sample()
+    kw = dict(settings={"steps": 3}, n=40, seed=0, batch_size=8)
+    with ResultsStore(tmp_path / "ref.sqlite") as ref_store:
+        ref = run_sweep(model, INFO, data, "pgd", GRID, store=ref_store, **kw)
+        ref_rows = ref_store.examples_df()
+
+    orig = TorchattacksPGD.perturb
+    calls = {"n": 0}
+
+    def flaky(self, m, x, y):
+        calls["n"] += 1
+        if calls["n"] == 5:  # two eps per chunk: dies in the third chunk, after two committed chunks
+            raise _Boom("injected")
+        return orig(self, m, x, y)
+
+    path = tmp_path / "resumed.sqlite"
+    monkeypatch.setattr(TorchattacksPGD, "perturb", flaky)
+    with ResultsStore(path) as st, pytest.raises(_Boom):
+        run_sweep(model, INFO, data, "pgd", GRID, store=st, **kw)
+    monkeypatch.setattr(TorchattacksPGD, "perturb", orig)
+    with ResultsStore(path) as st:
+        runs = st.runs_df()
+        assert len(runs) == 3 and (runs.n_done == 16).all() and (runs.status == "running").all()
+        res = run_sweep(model, INFO, data, "pgd", GRID, store=st, **kw)
+        assert res.n_computed == 24 and res.robust_acc == ref.robust_acc and res.clean_acc == ref.clean_acc
+        rows = st.examples_df()
+        runs = st.runs_df()
+        assert (runs.status == "complete").all() and (runs.n_done == 40).all() and runs.finished_at.notna().all()
+        assert not rows.duplicated(["run_id", "idx"]).any() and len(rows) == 3 * 40
+        assert rows[COLS].reset_index(drop=True).equals(ref_rows[COLS].reset_index(drop=True))
+        again = run_sweep(model, INFO, data, "pgd", GRID, store=st, **kw)  # complete: nothing recomputed
+        assert again.n_computed == 0 and again.robust_acc == ref.robust_acc
+        assert len(st.examples_df()) == 120
+
+
+def test_runs_are_keyed_by_settings_grid_and_subset(model, tmp_path):
+    data = sample()
+    with ResultsStore(tmp_path / "k.sqlite") as st:
+        run_sweep(model, INFO, data, "fgsm", [8 / 255], n=8, store=st)
+        run_sweep(model, INFO, data, "fgsm", [8 / 255], n=8, store=st)  # same key: reused
+        run_sweep(model, INFO, data, "fgsm", [8 / 255], n=8, seed=1, store=st)
+        run_sweep(model, INFO, data, "fgsm", [2 / 255, 8 / 255], n=8, store=st)
+        run_sweep(model, INFO, data, "pgd", [8 / 255], settings={"steps": 2}, n=8, store=st)
+        runs = st.runs_df()
+        assert len(runs) == 5
+        r = runs.iloc[0]
+        assert r.dataset_label == "CIFAR-10 sample (JPEG copy)" and r.torch_version and r.robustdyn_version
+        assert r.eps_label == "8/255" and r.norm == "Linf" and r.grid == f"[{8 / 255}]" and r.device == "cpu"
+
+
+def test_exports_models_and_checks(tmp_path):
+    data = sample()
+    m = create_model("gated").eval()
+    info = ModelInfo("gated", "b" * 64, untrained=True, family="gated")
+    with ResultsStore(tmp_path / "e.sqlite") as st:
+        run_sweep(m, info, data, "fgsm", [0.0, 8 / 255], n=6, store=st)
+        st.add_check(model="gated", checkpoint_sha256="b" * 64, check_name="logits", dataset_digest=data.digest, n=6,
+                     seed=0, value=2.5, passed=True, threshold="x", meaning="y", untrained=True)
+        st.upsert_model(model="gated", checkpoint_sha256="b" * 64, latency_ms=1.5, latency_device="cpu")
+        models = st.models_df()
+        assert len(models) == 1 and models.params[0] > 0 and models.macs[0] > 0 and models.latency_ms[0] == 1.5
+        assert models.mean_executed_macs[0] > 0 and "gates" in models.layout[0]
+        assert st.checks_df().passed.tolist() == [1]
+        ex = st.examples_df(model="gated", eps=8 / 255, detail=True)
+        assert len(ex) == 6 and ex.gate_density_clean.between(0, 1).all()
+        assert len(ex.gates_clean[0]) == 9 and len(ex.density_blocks_adv[0]) == 9
+        paths = st.to_csv(tmp_path / "csv")
+        assert sorted(p.name for p in paths) == ["checks.csv", "examples.csv", "models.csv", "runs.csv"]
+
+
+def test_detail_roundtrip():
+    rng = np.random.default_rng(0)
+    attn = rng.dirichlet(np.ones(4), size=3).ravel()
+    gates = [rng.integers(0, 2, 16).astype(np.uint8), rng.integers(0, 2, 32).astype(np.uint8)]
+    text = encode_detail(entropy=([0.5, 1.0, 1.2], [0.4, 1.1, 1.3]), kl=[0.1, 0.0, 0.2], tv=[0.1, 0.0, 0.3],
+                         dominant=([0, 1, 2], [0, 1, 3]), attn=(attn, attn), density=([0.5, 0.25], [0.5, 0.5]),
+                         gates=(gates, gates))
+    d = decode_detail(text)
+    assert np.allclose(d["attn_clean"], attn, atol=1e-3)
+    assert d["dominant_layers_adv"].tolist() == [0, 1, 3]
+    assert np.array_equal(d["gates_clean"][1][:32], gates[1])
+    assert np.array_equal(decode_bits(encode_bits(gates[0]), 16), gates[0])
+    assert decode_detail(None) == {} and encode_detail() is None
