@@ -123,7 +123,7 @@ class ProbeRecord:
     def shift_distributions(self) -> list[np.ndarray]:
         """Per layer, the distribution the attention shift is measured on (see module docstring)."""
         out = []
-        for layer, k, s in zip(self.layers, self.kernel, self.spatial, strict=False):
+        for layer, k, s in zip(self.layers, self.kernel, self.spatial, strict=True):
             if layer.shift_on == "spatial":
                 out.append(s / np.maximum(s.sum(1, keepdims=True), _EPS))
             else:
@@ -133,7 +133,7 @@ class ProbeRecord:
     def vectors(self) -> np.ndarray:
         """(N, D) concatenated attention vectors (kernel for DyConv; kernel + spatial for ODConv)."""
         parts = []
-        for k, s in zip(self.kernel, self.spatial, strict=False):
+        for k, s in zip(self.kernel, self.spatial, strict=True):
             parts.append(k)
             if s is not None:
                 parts.append(s)
@@ -314,6 +314,6 @@ class DynamicsProbe:
         if not P:
             empty = np.zeros((n, 0))
             return Shift(empty, empty, np.zeros((n, 0), dtype=bool))
-        kl = np.stack([kl_divergence(p, q) for p, q in zip(P, Q, strict=False)], axis=1)
-        tv = np.stack([total_variation(p, q) for p, q in zip(P, Q, strict=False)], axis=1)
+        kl = np.stack([kl_divergence(p, q) for p, q in zip(P, Q, strict=True)], axis=1)
+        tv = np.stack([total_variation(p, q) for p, q in zip(P, Q, strict=True)], axis=1)
         return Shift(kl, tv, clean.dominant() != adv.dominant())

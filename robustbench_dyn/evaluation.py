@@ -36,7 +36,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ from .store import ResultsStore, RunKey, encode_detail
 #: minute on a 2-core CPU (measured: see the README / the engine's report). On a GPU the default is
 #: the whole test set.
 DEFAULT_CPU_N = 100
-DEFAULT_BATCH = {"cpu": 100, "cuda": 500}
+DEFAULT_BATCH = {"cpu": 100, "cuda": 1000}
 
 # ------------------------------------------------------------------------------------ eps, device
 
@@ -102,16 +101,12 @@ def parse_eps_grid(values: str | Sequence[str | float]) -> list[float]:
 
 
 def eps_label(eps: float, norm: str = "Linf") -> str:
-    """'8/255' for Linf multiples of 1/255, else a short decimal ('0.5')."""
+    """'8/255' (or '0.5/255') for Linf multiples of 0.5/255, else a short decimal ('0.5')."""
     if eps == 0:
         return "0"
-    if norm == "Linf":
-        k = eps * 255
-        if abs(k - round(k)) < 1e-6:
-            return f"{round(k)}/255"
-        f = Fraction(eps).limit_denominator(2550)
-        if abs(float(f) * 255 - k) < 1e-6 and (f * 255).denominator in (1, 2, 4, 10):
-            return f"{float(f * 255):g}/255"
+    k = eps * 255
+    if norm == "Linf" and abs(2 * k - round(2 * k)) < 1e-6:
+        return f"{round(2 * k) / 2:g}/255"
     return f"{eps:.6g}"
 
 
@@ -311,20 +306,18 @@ class _EpsOutcome:
 
 def _assign(rec: ProbeRecord, idx: np.ndarray, other: ProbeRecord) -> ProbeRecord:
     """A copy of ``rec`` with the examples at ``idx`` replaced by ``other``'s."""
-    out = rec.take(slice(None))
-    out.logits = rec.logits.copy()
-    out.logits[idx] = other.logits
-    out.kernel = [k.copy() for k in rec.kernel]
-    out.spatial = [None if s is None else s.copy() for s in rec.spatial]
-    out.gates = [g.copy() for g in rec.gates]
-    for a, b in zip(out.kernel, other.kernel, strict=False):
+    def put(a, b):
+        if a is None:
+            return None
+        a = a.copy()
         a[idx] = b
-    for a, b in zip(out.spatial, other.spatial, strict=False):
-        if a is not None:
-            a[idx] = b
-    for a, b in zip(out.gates, other.gates, strict=False):
-        a[idx] = b
-    return out
+        return a
+
+    def each(xs, ys):
+        return [put(a, b) for a, b in zip(xs, ys, strict=True)]
+
+    return ProbeRecord(put(rec.logits, other.logits), each(rec.kernel, other.kernel), each(rec.spatial, other.spatial),
+                       each(rec.gates, other.gates), rec.layers, rec.macs_fn, rec.static_macs)
 
 
 def attack_chunk(model: nn.Module, probe: DynamicsProbe, attack: str, settings: dict, grid: Sequence[float],
@@ -436,7 +429,7 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
     if n_eff == 0:
         raise DataError("the data subset is empty", "pass --n 1 or more")
     desc = data.describe()
-    model = model.to(device).eval()
+    model = model.to(device)  # the attacks and the probe run it in eval mode and restore its mode
     probe = DynamicsProbe(model)
     grid_json = json.dumps(grid)
     settings_json = json.dumps(settings, sort_keys=True, separators=(",", ":"))

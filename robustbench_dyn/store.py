@@ -328,6 +328,13 @@ class ResultsStore:
                  int(bool(passed)), threshold, meaning, detail, json.dumps(settings or {}, sort_keys=True),
                  dataset_label, device, int(untrained), _now()))
 
+    def stored_checks(self, *, model: str, checkpoint_sha256: str, dataset_digest: str, n: int, seed: int) -> set[str]:
+        """Names of the checks already stored for this model and data subset (a resumed sweep skips them)."""
+        rows = self._query("SELECT check_name FROM checks WHERE model = ? AND checkpoint_sha256 = ? AND "
+                           "dataset_digest = ? AND n = ? AND seed = ?",
+                           (model, checkpoint_sha256, dataset_digest, int(n), int(seed)))
+        return {r[0] for r in rows}
+
     def upsert_model(self, *, model: str, checkpoint_sha256: str, untrained: bool = False, **fields) -> None:
         """Insert or update a model's metadata; fields given as None keep their stored value."""
         allowed = {"family", "params", "macs", "mean_executed_macs", "latency_ms", "latency_device", "layout",

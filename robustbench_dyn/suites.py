@@ -180,7 +180,7 @@ def parse_suite(text: str, path: str | os.PathLike | None = None) -> Suite:
         norm = entry.cls.norm_of(canonical)
         grid = sorted(set(values))
         texts = {}
-        for v, raw_v in zip(values, eps_raw, strict=False):
+        for v, raw_v in zip(values, eps_raw, strict=True):
             texts.setdefault(v, raw_v if isinstance(raw_v, str) else eps_label(v, norm))
         label = a.get("label", "")
         if not isinstance(label, str):

@@ -366,7 +366,8 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, warm_steps, total_steps, r.lr)
             if dynamic:
-                set_temperature(model, _temperature(step / steps_per_epoch, r))
+                current_t = _temperature(step / steps_per_epoch, r)
+                set_temperature(model, current_t)
             if on_cuda and r.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast:
@@ -416,7 +417,7 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
         if gated:
             val["holdout_gate_density"] = gate_stats(model, x_hold)[0]
         if dynamic:
-            val["temperature"] = _temperature(step / steps_per_epoch, r)
+            val["temperature"] = current_t  # the value in the model's buffers (saved with the weights)
         val["lr"] = opt.param_groups[0]["lr"]
         val["epoch_s"] = round(ep_time, 2)
         if score >= best_score:  # keep the best epoch on the held-out check (not the test set)

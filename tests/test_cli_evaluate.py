@@ -93,6 +93,9 @@ def test_sweep_runs_checks_when_the_suite_says_so(capsys, tmp_path):
     assert "PASS  logits" in out
     with ResultsStore(store) as st:
         assert sorted(st.checks_df().check_name) == ["eval_mode", "logits"]
+    code, out, err = run(capsys, "sweep", "--suite", suite, "--models", "static", "--untrained", "--store", store,
+                         "--device", "cpu")
+    assert code == 0 and "2 already stored" in out and "PASS  logits" not in out
 
 
 def test_check_prints_pass_fail_lines(capsys, tmp_path):

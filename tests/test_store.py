@@ -106,7 +106,7 @@ def test_resume_after_interruption_is_identical_and_has_no_duplicates(model, tmp
 
     def flaky(self, m, x, y):
         calls["n"] += 1
-        if calls["n"] == 5:  # two eps per chunk: dies in the third chunk, after two committed chunks
+        if calls["n"] == 3:  # at most two calls (eps) per chunk: dies in the second chunk or later
             raise _Boom("injected")
         return orig(self, m, x, y)
 
@@ -117,9 +117,11 @@ def test_resume_after_interruption_is_identical_and_has_no_duplicates(model, tmp
     monkeypatch.setattr(TorchattacksPGD, "perturb", orig)
     with ResultsStore(path) as st:
         runs = st.runs_df()
-        assert len(runs) == 3 and (runs.n_done == 16).all() and (runs.status == "running").all()
+        done = int(runs.n_done.iloc[0])  # whole chunks only, the same in every run of the grid
+        assert len(runs) == 3 and (runs.n_done == done).all() and done % 8 == 0 and 0 < done < 40
+        assert (runs.status == "running").all()
         res = run_sweep(model, INFO, data, "pgd", GRID, store=st, **kw)
-        assert res.n_computed == 24 and res.robust_acc == ref.robust_acc and res.clean_acc == ref.clean_acc
+        assert res.n_computed == 40 - done and res.robust_acc == ref.robust_acc and res.clean_acc == ref.clean_acc
         rows = st.examples_df()
         runs = st.runs_df()
         assert (runs.status == "complete").all() and (runs.n_done == 40).all() and runs.finished_at.notna().all()

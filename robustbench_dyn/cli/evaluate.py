@@ -191,7 +191,7 @@ def sweep_cmd(
 ) -> None:
     """Models x attacks x eps from a suite, into the results store; rerun to resume."""
     from ..checkpoints import checkpoint_present
-    from ..checks import check_model
+    from ..checks import DEFAULT_CHECK_N, check_model
     from ..errors import CheckpointError, ConfigError
     from ..evaluation import default_batch_size, default_n, eps_label, is_user_model_spec, resolve_device, run_sweep
     from ..registry import list_models
@@ -261,10 +261,17 @@ def sweep_cmd(
                                        f"({time.perf_counter() - t0:.1f} s{extra})")
                     summary.append((info.label, a.label or a.name, norm, res))
                 if checks:
-                    prog.console.print(f"{info.label}: sanity checks")
-                    check_model(net, info, data, n=min(n_eff, 1000), seed=seed, device=dev, store=st, names=checks,
-                                batch_size=bs, on_result=lambda r: prog.console.print("  " + r.line(), markup=False,
-                                                                                      highlight=False))
+                    n_check = min(n_eff, DEFAULT_CHECK_N.get(dev.type, 64))
+                    done = st.stored_checks(model=info.name, checkpoint_sha256=info.checkpoint_sha256,
+                                            dataset_digest=data.digest, n=n_check, seed=seed)
+                    todo = [c for c in checks if c not in done]
+                    prog.console.print(f"{info.label}: sanity checks on n={n_check}" +
+                                       (f" ({len(done & set(checks))} already stored)" if done else ""))
+                    if todo:
+                        check_model(net, info, data, n=n_check, seed=seed, device=dev, store=st, names=todo,
+                                    batch_size=bs, on_result=lambda r: prog.console.print("  " + r.line(),
+                                                                                          markup=False,
+                                                                                          highlight=False))
     except KeyboardInterrupt:
         st.close()
         _interrupted(st)

@@ -1,0 +1,56 @@
+"""Matplotlib helpers shared by the report's figures (Agg backend, one style)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg", force=True)
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+RC = {
+    "figure.facecolor": "white",
+    "axes.facecolor": "white",
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8.5,
+    "legend.framealpha": 0.85,
+    "figure.titlesize": 12,
+    "font.family": "DejaVu Sans",
+}
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, squeeze: bool = False,
+               **kw):
+    """(fig, axes) with axes always a 2-D array unless squeeze=True; ``size`` is per panel (inches)."""
+    w, h = size or (5.2, 3.6)
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=squeeze, **kw)
+    return fig, axes
+
+
+def titled(fig, title: str, subtitle: str = "", *, rect: tuple[float, float, float, float] = (0, 0, 1, 1),
+           layout: bool = True) -> None:
+    """Lay the figure out, then put its title and a smaller line naming data, n and device above the axes
+    (offsets in points, so they never overlap whatever the figure's height; savefig's tight bbox keeps them)."""
+    if layout:
+        fig.tight_layout(rect=rect)
+    h = fig.get_figheight() * 72.0
+    top = rect[3] if layout else max(ax.get_position().y1 for ax in fig.axes) + 18 / h
+    if subtitle:
+        fig.text(0.5, top + 6 / h, subtitle, ha="center", va="bottom", fontsize=9, color="#444444")
+    fig.text(0.5, top + (24 if subtitle else 6) / h, title, ha="center", va="bottom", fontsize=12,
+             fontweight="bold")
+
+
+def style_axes(ax) -> None:
+    for k, v in (("top", False), ("right", False)):
+        ax.spines[k].set_visible(v)
+    ax.grid(True, alpha=0.3, linewidth=0.6)

@@ -1,0 +1,157 @@
+"""Training engine: CI-sized runs on a tiny synthetic CIFAR-10 folder (CPU, a few steps)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robustbench_dyn import load_model
+from robustbench_dyn.checkpoints import read_manifest
+from robustbench_dyn.errors import ConfigError
+from robustbench_dyn.training import (DeviceLoader, Recipe, _gate_weights, _lr_at, _temperature, file_epoch_sync,
+                                      fgsm_rs, make_recipe, train)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """A CIFAR-10-shaped npz folder: 192 train and 64 test images with learnable labels."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "data"
+    d.mkdir()
+    for split, n in (("train", 192), ("test", 64)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+        x[:, :, :, 0] += (y * 19)[:, None, None].astype(np.uint8)  # class signal in the red channel
+        np.savez(d / f"{split}.npz", x=x, y=y)
+    return d
+
+
+def _recipe(**kw) -> Recipe:
+    base = dict(epochs=1, batch_size=32, holdout=32, check_n=16, final_pgd_n=16, max_steps=2)
+    base.update(kw)
+    return Recipe(**base)
+
+
+def test_device_loader_augments_within_padding():
+    x = np.random.default_rng(1).integers(1, 255, (40, 32, 32, 3)).astype(np.uint8)
+    loader = DeviceLoader(x, np.arange(40) % 10, torch.device("cpu"), 16)
+    assert len(loader) == 2  # full batches only
+    batches = list(loader.epoch(torch.Generator().manual_seed(0)))
+    assert len(batches) == 2
+    xb, yb = batches[0]
+    assert xb.shape == (16, 3, 32, 32) and xb.dtype == torch.float32
+    assert 0.0 <= xb.min() and xb.max() <= 1.0
+    # each crop is a shifted (possibly flipped) window of the zero-padded image: every non-zero pixel
+    # value of the crop exists in the source image
+    src = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    for img in xb[:4]:
+        vals = set(torch.unique(img).tolist()) - {0.0}
+        assert vals and vals <= set(torch.unique(src).tolist())
+    # same generator seed -> identical batches (resumed epochs draw the same augmentation)
+    again = list(loader.epoch(torch.Generator().manual_seed(0)))
+    assert torch.equal(again[0][0], xb) and torch.equal(again[0][1], yb)
+
+
+def test_schedules():
+    assert _lr_at(0, 10, 100, 0.2) == pytest.approx(0.02)
+    assert _lr_at(10, 10, 100, 0.2) == pytest.approx(0.2)
+    assert _lr_at(100, 10, 100, 0.2) == pytest.approx(0.0, abs=1e-12)
+    r = Recipe(epochs=10)
+    assert _temperature(0, r) == 30.0 and _temperature(r.temp_anneal_epochs, r) == 1.0
+    assert _temperature(2.5, r) == pytest.approx(30 - 29 * 2.5 / r.temp_anneal_epochs)
+    assert _gate_weights(0.0, r) == (r.bs_weight, 0.0)
+    assert _gate_weights(1.0, r) == (0.0, r.l0_weight)
+
+
+def test_fgsm_rs_stays_in_ball():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    x = torch.rand(6, 3, 8, 8)
+    y = torch.randint(0, 10, (6,))
+    xa = fgsm_rs(model, x, y, 8 / 255, 10 / 255)
+    assert (xa - x).abs().max() <= 8 / 255 + 1e-6
+    assert xa.min() >= 0 and xa.max() <= 1
+    assert not torch.equal(xa, x)
+
+
+def test_recipe_validation():
+    with pytest.raises(ConfigError, match="epochs or --time-budget"):
+        Recipe().validate()
+    with pytest.raises(ConfigError, match="adversarial training mode"):
+        Recipe(epochs=1, adv="trades").validate()
+    assert make_recipe("static_at", epochs=1).adv == "fgsm-rs"
+    assert make_recipe("static", epochs=1).adv == "none"
+
+
+@pytest.mark.parametrize("name", ["static", "dyconv_k2", "gated_at"])
+def test_train_writes_a_loadable_checkpoint(name, tiny_data, tmp_models_dir, tmp_path):
+    entry = train(name, make_recipe(name, **_recipe().__dict__ | {"adv": None}), data_dir=tiny_data,
+                  models_dir=tmp_models_dir, run_dir=tmp_path / "run", device="cpu", verbose=False)
+    manifest = read_manifest(tmp_models_dir)
+    assert manifest[name]["sha256"] == entry["sha256"]
+    m = entry["metrics"]
+    assert 0.0 <= m["clean_acc"] <= 1.0 and m["clean_n"] == 64
+    assert entry["recipe"]["max_steps"] == 2 and entry["dataset"]["train"]["n_used"] == 160
+    if name.endswith("_at"):
+        assert entry["recipe"]["adv"] == "fgsm-rs" and 0.0 <= m["pgd20_acc"] <= 1.0
+    if name.startswith("gated"):
+        assert 0.0 <= m["mean_gate_density"] <= 1.0 and m["mean_executed_macs"] > 0
+    model = load_model(name, models_dir=tmp_models_dir)
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x).shape == (2, 10)
+    if name.startswith("dyconv"):  # the annealed temperature buffer was saved
+        assert entry["history"][-1]["temperature"] == pytest.approx(
+            float(model.layers[0][0].conv1.attention.temperature))
+
+
+def test_resume_continues_from_saved_epoch(tiny_data, tmp_models_dir, tmp_path):
+    r = _recipe(epochs=2, max_steps=None)
+    run_dir = tmp_path / "run"
+    first = train("static", Recipe(**{**r.__dict__, "epochs": 2}), data_dir=tiny_data, models_dir=tmp_models_dir,
+                  run_dir=run_dir, device="cpu", verbose=False, save=False)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    # a rerun with the same recipe finds the run finished and trains no further epoch
+    logs = []
+    again = train("static", Recipe(**{**r.__dict__, "epochs": 2}), data_dir=tiny_data, models_dir=tmp_models_dir,
+                  run_dir=run_dir, device="cpu", log=logs.append, verbose=False, save=False)
+    assert any("resumed after epoch 2/2" in line for line in logs)
+    assert again["epochs"] == 2 and again["metrics"]["clean_acc"] == pytest.approx(first["metrics"]["clean_acc"])
+
+
+def test_time_budget_and_epoch_sync(tiny_data, tmp_models_dir, tmp_path):
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    (sync / "decision").write_text("3")  # the coordinator's decision is already there
+    entry = train("static", _recipe(epochs=None, time_budget_s=1e6, max_steps=None), data_dir=tiny_data,
+                  models_dir=tmp_models_dir, run_dir=tmp_path / "run", device="cpu", verbose=False,
+                  epoch_sync=file_epoch_sync(sync, timeout_s=5))
+    assert entry["epochs"] == 3
+    assert float((sync / "static.t").read_text()) > 0
+
+
+def test_deadline_stops_early(tiny_data, tmp_models_dir, tmp_path):
+    entry = train("static", _recipe(epochs=5, max_steps=None), data_dir=tiny_data, models_dir=tmp_models_dir,
+                  run_dir=tmp_path / "run", device="cpu", verbose=False, deadline=0.0)
+    assert entry["stopped_early"] is True and entry["epochs"] == 1
+
+
+def test_train_script_cpu_smoke(tiny_data, tmp_models_dir, tmp_path):
+    """`python scripts/train.py --model static --epochs 1` in CI-sized form."""
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--model", "static", "--epochs", "1",
+           "--batch-size", "32", "--holdout", "32", "--max-steps", "2", "--data-dir", str(tiny_data),
+           "--models-dir", str(tmp_models_dir), "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "static: clean_acc=" in out.stdout
+    assert read_manifest(tmp_models_dir)["static"]["recipe"]["note"] == "trained on the CPU"
+    bad = subprocess.run(cmd[:3] + ["static_typo", "--epochs", "1", "--data-dir", str(tiny_data)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown model" in bad.stderr and "Traceback" not in bad.stderr
