@@ -47,7 +47,7 @@ class CheckResult:
         return "PASS" if self.passed else "FAIL"
 
     def line(self) -> str:
-        text = f"{self.status}  {self.name:<14} {self.value:.4g}  (pass if {self.threshold})"
+        text = f"{self.status}  {self.name:<14} {self.value:>8.4g}  (pass if {self.threshold})"
         if self.detail:
             text += f"  {self.detail}"
         if not self.passed:

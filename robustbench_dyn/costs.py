@@ -31,7 +31,7 @@ def _flops_by_module(model: nn.Module, input_size=(1, 3, 32, 32)) -> tuple[int, 
         if isinstance(m, DyConv2d):
             modes[m] = m.mode
             m.mode = "grouped"
-    was_training = model.training
+    training = [(m, m.training) for m in model.modules()]  # per module: a recursive train() would clobber them
     model.eval()
     try:
         p = next(model.parameters())
@@ -44,7 +44,8 @@ def _flops_by_module(model: nn.Module, input_size=(1, 3, 32, 32)) -> tuple[int, 
     finally:
         for m, mode in modes.items():
             m.mode = mode
-        model.train(was_training)
+        for m, flag in training:
+            m.training = flag
 
 
 def count_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:

@@ -113,12 +113,14 @@ class Context:
         return time.perf_counter() + reserve_s > self.deadline
 
     def model(self, name: str) -> nn.Module:
-        """The trained checkpoint on the device, eval mode, loaded once per run (callers copy before mutating)."""
+        """A private copy of the trained checkpoint on the device, in eval mode. The checkpoint is read
+        once per run; every call returns a fresh copy, so a bench (or a library call) that changes a
+        model's mode or BatchNorm statistics can never leak into another measurement."""
         if name not in self._models:
             from robustbench_dyn import load_model
 
             self._models[name] = load_model(name, device=self.device).eval()
-        return self._models[name]
+        return copy.deepcopy(self._models[name]).eval()
 
 
 def resolve_device(text: str) -> torch.device:
@@ -147,7 +149,7 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 
 def make_context(args: argparse.Namespace, argv: Sequence[str] | None = None) -> Context:
     device = resolve_device(args.device)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     data, notes = load_test_data(args.data_dir)
     return Context(device, data, notes, command_line(argv), data_dir=args.data_dir or default_data_dir())
@@ -215,15 +217,32 @@ def fresh_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def training_modules(model: nn.Module) -> list[str]:
+    """Names of the submodules in train mode (empty for a model fully in eval mode)."""
+    return [n or "<root>" for n, m in model.named_modules() if m.training]
+
+
+def check_eval(model: nn.Module, where: str, log: list[str]) -> None:
+    """Record (in ``log``) and undo a model left in train mode by ``where``: every measurement here is
+    of an eval-mode model, and a train-mode forward would also move the BatchNorm statistics."""
+    bad = training_modules(model)
+    if bad:
+        log.append(f"{where} left the model in train mode ({len(bad)} modules, e.g. {bad[0]}); reset to eval")
+        model.eval()
+
+
 class CountingModel(nn.Module):
     """Wraps a model and counts examples per forward: with an input that requires grad (a gradient
     evaluation: forward + backward of an attack step) and without (predictions, checks).
-    The wrapped model stays a submodule (parameters, hooks, probes see through it)."""
+    The wrapped model stays a submodule (parameters, hooks, probes see through it). Created in
+    eval mode: a fresh nn.Module is in train mode, and library code that restores a mode with a
+    recursive ``model.train(was_training)`` would otherwise switch the wrapped model to train mode."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.reset()
+        self.eval()
 
     def reset(self) -> None:
         self.grad_examples = 0
@@ -338,7 +357,7 @@ def bench_main(module: Any, argv: Sequence[str] | None = None) -> dict:
 def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="static,dyconv_k4", help="models (comma-separated)")
     p.add_argument("--train-steps", type=int, default=None,
-                   help="isolated measurement: optimizer steps per model (default cuda 150, cpu 0, quick 2; 0 skips)")
+                   help="isolated measurement: optimizer steps per model (default cuda 100, cpu 0, quick 2; 0 skips)")
     p.add_argument("--train-batch", type=int, default=None, help="batch size (default: the recipe's, 512; quick 16)")
 
 
@@ -461,7 +480,7 @@ def run_training(args: argparse.Namespace, ctx: Context) -> dict:
 
     steps = args.train_steps
     if steps is None:
-        steps = 2 if args.quick else (150 if ctx.device.type == "cuda" else 0)
+        steps = 2 if args.quick else (100 if ctx.device.type == "cuda" else 0)
     batch = args.train_batch or (16 if args.quick else 512)
     iso = []
     if steps > 0:
@@ -497,10 +516,13 @@ def run_training(args: argparse.Namespace, ctx: Context) -> dict:
 def _e2e_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="*", help="zoo pattern (default: every trained ResNet-20)")
     p.add_argument("--n-aa", type=int, default=None,
-                   help="images for AutoAttack on standard-trained models (default cuda 500, cpu 8, quick 4); "
+                   help="images for AutoAttack on standard-trained models (default cuda 500, cpu 4, quick 1); "
                         "adversarially trained ones reuse the autoattack bench when it ran in the same call")
     p.add_argument("--batch-size", type=int, default=None, help="engine batch (default: the engine's per device)")
     p.add_argument("--no-aa", action="store_true", help="skip AutoAttack")
+    p.add_argument("--aa-per-kind", type=int, default=None,
+                   help="AutoAttack measured on at most this many models per training kind (standard, _at), "
+                        "the rest estimated (default: cuda no limit within the budget; cpu 1)")
 
 
 def e2e_parser() -> argparse.ArgumentParser:
@@ -516,96 +538,136 @@ def _engine_seconds(model, name, ctx, attack, n, batch, settings=None) -> tuple[
 
 
 def run_e2e(args: argparse.Namespace, ctx: Context) -> dict:
+    """FGSM, PGD-20 (and our fast PGD) measured for every model; AutoAttack taken from the autoattack bench
+    (same call) or measured at ``--n-aa`` while the budget lasts, else *estimated* from a measured model of
+    the same training (standard / adversarial) scaled by the PGD time ratio (AutoAttack's cost is gradient
+    and forward steps of the same model); every estimate is labelled as such."""
     from robustbench_dyn.evaluation import default_batch_size
 
     dev = ctx.device
-    n = n_for(args, dev, cuda=1000, cpu=16, quick=2, total=len(ctx.data))
-    n_aa = args.n_aa or (1 if args.quick else (500 if dev.type == "cuda" else 8))
+    n = n_for(args, dev, cuda=1000, cpu=8, quick=2, total=len(ctx.data))
+    n_aa = args.n_aa or (1 if args.quick else (500 if dev.type == "cuda" else 4))
     n_aa = min(n_aa, len(ctx.data))
     batch = args.batch_size or default_batch_size(dev)
     names = trained_models(args.models)
     if args.quick:
         names = [m for m in names if m in ("static", "static_at")] or names[:1]
     aa_prev = {r["model"]: r for r in ctx.shared.get("autoattack", {}).get("rows", []) if r.get("seconds")}
-    fast = {"amp": dev.type == "cuda", "early_stop": True}
+    fast = {"amp": False, "early_stop": True}
     steps = {"steps": 2} if args.quick else {}  # quick: a smoke test of the paths, not PGD-20
     aa_settings = {"version": "custom", "attacks": ["apgd-ce"]} if args.quick else None
-    rows = []
-    for name in names:
-        row: dict[str, Any] = {"model": name}
-        rows.append(row)
+    rows: list[dict[str, Any]] = [{"model": m} for m in names]
+    notes: list[str] = []
+    # phase 1: FGSM and PGD for every model
+    for row in rows:
+        name = row["model"]
         if ctx.over(3):
             row["skipped"] = "budget"
             continue
         try:
             model = ctx.model(name)
-            if dev.type == "cuda":  # warm-up (cuDNN plans, lazy init) outside the timers
+            if dev.type == "cuda":  # warm-up (cuDNN heuristics, lazy init) outside the timers
                 _engine_seconds(model, name, ctx, "pgd", min(n, 64), batch, {"steps": 2})
             for key, attack, settings in (("fgsm", "fgsm", None), ("pgd", "pgd", steps or None),
                                           ("pgd_fast", "pgd-ce", {**fast, **steps})):
-                if ctx.over(2):
+                if ctx.over(1):
                     row.setdefault("skipped", f"budget (before {key})")
                     break
                 t, clean, rob = _engine_seconds(model, name, ctx, attack, n, batch, settings)
                 row[key] = {"n": n, "seconds": t, "clean_acc": clean, "robust_acc": rob,
-                            "seconds_10k": t * TEST_SET / n}
-            if not args.no_aa:
-                if name in aa_prev:
-                    r = aa_prev[name]
-                    row["autoattack"] = {"n": r["n"], "seconds": r["seconds"], "robust_acc": r["robust_acc"],
-                                         "seconds_10k": r["seconds"] * TEST_SET / r["n"], "from": "autoattack bench"}
-                elif not ctx.over(5):
-                    t, clean, rob = _engine_seconds(model, name, ctx, "autoattack", n_aa, max(batch, n_aa), aa_settings)
-                    row["autoattack"] = {"n": n_aa, "seconds": t, "robust_acc": rob,
-                                         "seconds_10k": t * TEST_SET / n_aa, "from": "measured here"}
-                else:
-                    row.setdefault("skipped", "budget (before autoattack)")
+                            "seconds_10k": t * TEST_SET / n, "how": "measured"}
+            check_eval(model, "run_sweep", notes)
         except Exception as e:  # noqa: BLE001
             row["error"] = f"{type(e).__name__}: {e}"
+    # phase 2: AutoAttack, reused or measured while the budget lasts (standard-trained models first: cheap)
+    per_kind = args.aa_per_kind if args.aa_per_kind is not None else (10 ** 6 if dev.type == "cuda" else 1)
+    measured_kind = {False: 0, True: 0}
+    for row in sorted(rows, key=lambda r: r["model"].endswith("_at")):
+        name = row["model"]
+        if args.no_aa or "error" in row:
+            continue
+        kind = name.endswith("_at")
+        if name in aa_prev:
+            r = aa_prev[name]
+            row["autoattack"] = {"n": r["n"], "seconds": r["seconds"], "robust_acc": r["robust_acc"],
+                                 "seconds_10k": r["seconds"] * TEST_SET / r["n"], "how": "measured (autoattack bench)"}
+            measured_kind[kind] += 1
+        elif not ctx.over(8) and measured_kind[kind] < per_kind:
+            measured_kind[kind] += 1
+            try:
+                model = ctx.model(name)
+                t, clean, rob = _engine_seconds(model, name, ctx, "autoattack", n_aa, max(batch, n_aa), aa_settings)
+                row["autoattack"] = {"n": n_aa, "seconds": t, "robust_acc": rob, "seconds_10k": t * TEST_SET / n_aa,
+                                     "how": "measured"}
+            except Exception as e:  # noqa: BLE001
+                row["autoattack_error"] = f"{type(e).__name__}: {e}"
+    # phase 3: estimates for what the budget left out
+    for row in rows:
+        if args.no_aa or row.get("autoattack") or not row.get("pgd"):
+            continue
+        kind_at = row["model"].endswith("_at")
+        refs = [r for r in rows if r.get("autoattack", {}).get("how", "").startswith("measured")
+                and r["model"].endswith("_at") == kind_at and r.get("pgd")]
+        if refs:
+            ref = refs[0]
+            ratio = row["pgd"]["seconds"] / ref["pgd"]["seconds"]
+            row["autoattack"] = {"n": None, "seconds": None, "robust_acc": None,
+                                 "seconds_10k": ref["autoattack"]["seconds_10k"] * ratio,
+                                 "how": f"estimated: {ref['model']}'s AutoAttack x PGD time ratio {ratio:.2f}"}
 
     def s10k(r, k):
         return (r.get(k) or {}).get("seconds_10k")
 
     totals = {k: sum(s10k(r, k) or 0.0 for r in rows) for k in ("fgsm", "pgd", "pgd_fast", "autoattack")}
     missing = {k: [r["model"] for r in rows if s10k(r, k) is None] for k in totals}
+    n_est = sum(1 for r in rows if (r.get("autoattack") or {}).get("how", "").startswith("estimated"))
     total = totals["fgsm"] + totals["pgd"] + totals["autoattack"]
     total_fast = totals["fgsm"] + totals["pgd_fast"] + totals["autoattack"]
     md_rows = []
     for r in rows:
+        aa = r.get("autoattack") or {}
         md_rows.append([r["model"], (r.get("fgsm") or {}).get("seconds"), (r.get("pgd") or {}).get("seconds"),
-                        (r.get("pgd_fast") or {}).get("seconds"), (r.get("autoattack") or {}).get("seconds"),
-                        (r.get("autoattack") or {}).get("n"), s10k(r, "fgsm"), s10k(r, "pgd"), s10k(r, "pgd_fast"),
-                        s10k(r, "autoattack"), (r.get("pgd") or {}).get("robust_acc"),
-                        (r.get("autoattack") or {}).get("robust_acc"),
-                        r.get("error") or r.get("skipped") or (r.get("autoattack") or {}).get("from", "")])
-    md = [header("End to end: ResNet-20 zoo x {FGSM, PGD-20, AutoAttack}", ctx, [
-        f"measured through the engine (`run_sweep`, eps 8/255, batch {batch}) at n={n} (AutoAttack: n shown); "
-        f"**the 10k columns are an extrapolation**: seconds x 10,000 / n (linear in n; fixed costs such as "
-        f"model loading and warm-up are not included, and AutoAttack at a small n runs smaller batches than at 10k, "
-        f"so it overestimates)",
-        "pgd = the registry's `pgd` (torchattacks PGD-20, step 2/255, random start); pgd-fast = `pgd-ce` with "
-        f"{json.dumps(fast)} (same PGD-20, our implementation); AutoAttack = version standard"
-        + (" -- **quick form: PGD 2 steps, AutoAttack custom [apgd-ce]; a smoke test, not the benchmark**"
-           if args.quick else "")]), "",
-        md_table(["model", "FGSM s", "PGD-20 s", "PGD-20 fast s", "AA s", "AA n", "FGSM 10k s*", "PGD 10k s*",
-                  "PGD fast 10k s*", "AA 10k s*", "PGD rob acc", "AA rob acc", "note"], md_rows), "",
-        f"**Zoo total at 10k (extrapolated):** FGSM + PGD-20 + AutoAttack = {total:.0f} s "
-        f"({total / 60:.1f} min); with the fast PGD: {total_fast:.0f} s ({total_fast / 60:.1f} min). "
-        + ("Missing (not measured, not in the total): "
-           + "; ".join(f"{k}: {', '.join(v)}" for k, v in missing.items() if v) if any(missing.values()) else "")]
+                        (r.get("pgd_fast") or {}).get("seconds"), aa.get("seconds"), aa.get("n"), s10k(r, "fgsm"),
+                        s10k(r, "pgd"), s10k(r, "pgd_fast"), s10k(r, "autoattack"),
+                        None if not r.get("pgd") else r["pgd"]["robust_acc"] * 100,
+                        None if aa.get("robust_acc") is None else aa["robust_acc"] * 100,
+                        r.get("error") or r.get("skipped") or aa.get("how", r.get("autoattack_error", ""))])
+    extra = [f"measured through the engine (`run_sweep`, eps 8/255, batch {batch}) at n={n} (AutoAttack: the n "
+             f"shown); **every 10k column is an extrapolation**: seconds x 10,000 / n (linear in n; model loading and "
+             f"warm-up not included; AutoAttack at a small n runs smaller batches than at 10k, so it overestimates)",
+             "pgd = the registry's `pgd` (torchattacks PGD-20, step 2/255, random start); pgd-fast = `pgd-ce` with "
+             f"{json.dumps(fast)} (same PGD-20, our implementation); AutoAttack = version standard"
+             + (" -- **quick form: PGD 2 steps, AutoAttack custom [apgd-ce]; a smoke test, not the benchmark**"
+                if args.quick else ""),
+             "AutoAttack rows marked *estimated* were not measured in this call (time budget, --aa-per-kind): the 10k "
+             "time of a "
+             "measured model of the same training (standard or _at) scaled by the PGD-20 time ratio"]
+    extra += [f"**warning**: {w}" for w in dict.fromkeys(notes)]
+    md = [header("End to end: ResNet-20 zoo x {FGSM, PGD-20, AutoAttack}", ctx, extra), "",
+          md_table(["model", "FGSM s", "PGD-20 s", "PGD-20 fast s", "AA s", "AA n", "FGSM 10k s*", "PGD 10k s*",
+                    "PGD fast 10k s*", "AA 10k s*", "PGD rob acc %", "AA rob acc %", "AA how / note"], md_rows), "",
+          f"**Zoo total at 10k (extrapolated{', AutoAttack partly estimated' if n_est else ''}):** FGSM + PGD-20 + "
+          f"AutoAttack = {total:.0f} s ({total / 60:.1f} min); with the fast PGD: {total_fast:.0f} s "
+          f"({total_fast / 60:.1f} min); of which AutoAttack {totals['autoattack']:.0f} s "
+          f"({n_est} of {len(rows)} models estimated)."
+          + (" Missing (in no total): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in missing.items() if v)
+             if any(missing.values()) else "")]
     return {"bench": "e2e", "n": n, "n_aa": n_aa, "batch": batch, "rows": rows, "totals_10k_s": totals,
-            "total_10k_s": total, "total_fast_10k_s": total_fast, "missing": missing, "extrapolated": True,
-            "markdown": "\n".join(md)}
+            "total_10k_s": total, "total_fast_10k_s": total_fast, "missing": missing, "aa_estimated": n_est,
+            "extrapolated": True, "warnings": list(dict.fromkeys(notes)), "markdown": "\n".join(md)}
 
 
 # ============================================================================ the runner
 
 class _Bench:
-    """A bench as the runner sees it: name, parser, run function, share of the budget (fraction)."""
+    """A bench as the runner sees it: name, parser, run function, share of the budget (expected seconds on
+    the H100) and the arguments it gets on CUDA inside the budget (``--full`` drops them)."""
 
     def __init__(self, name: str, parser: Callable[[], argparse.ArgumentParser],
-                 run: Callable[[argparse.Namespace, Context], dict], share: float) -> None:
+                 run: Callable[[argparse.Namespace, Context], dict], share: float,
+                 budget_args: Sequence[str] = ()) -> None:
         self.name, self.parser, self.run, self.share = name, parser, run, share
+        self.budget_args = list(budget_args)
 
 
 def _benches() -> list[_Bench]:
@@ -614,14 +676,17 @@ def _benches() -> list[_Bench]:
     import bench_layers
     import bench_sweep
 
-    # order: cheap and central first; autoattack before e2e (e2e reuses its numbers)
+    # Order: cheap and central first; autoattack before e2e (e2e reuses its numbers). Shares: the seconds each
+    # took on an H100 in a calibration run (2026-11-22), so the budget is split in proportion to the work.
+    # AutoAttack standard costs ~40 s per ResNet-20 (static_at, N=1000) and ~90 s (dyconv_k4_at): inside the
+    # 150 s budget only static_at fits; `python scripts/bench_autoattack.py --device cuda` runs all four.
     return [
-        _Bench("layers", bench_layers.build_parser, bench_layers.run, 0.10),
-        _Bench("attack", bench_attack.build_parser, bench_attack.run, 0.15),
-        _Bench("sweep", bench_sweep.build_parser, bench_sweep.run, 0.15),
-        _Bench("training", training_parser, run_training, 0.07),
-        _Bench("autoattack", bench_autoattack.build_parser, bench_autoattack.run, 0.33),
-        _Bench("e2e", e2e_parser, run_e2e, 0.20),
+        _Bench("layers", bench_layers.build_parser, bench_layers.run, 12),
+        _Bench("attack", bench_attack.build_parser, bench_attack.run, 16),
+        _Bench("sweep", bench_sweep.build_parser, bench_sweep.run, 19),
+        _Bench("training", training_parser, run_training, 7),
+        _Bench("autoattack", bench_autoattack.build_parser, bench_autoattack.run, 42, ["--models", "static_at"]),
+        _Bench("e2e", e2e_parser, run_e2e, 28),
     ]
 
 
@@ -633,6 +698,9 @@ def all_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip", default="", help="comma-separated benches to skip")
         p.add_argument("--per-bench-files", action="store_true",
                        help="also write NAME.json / NAME.md per bench (more files)")
+        p.add_argument("--full", action="store_true",
+                       help="every bench at its standalone defaults (AutoAttack on all four _at models at N=1000: "
+                            "about 5 more minutes on an H100); no budget unless --budget-s is given")
 
     return common_parser(__doc__.split("\n\n")[0], extra)
 
@@ -643,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ctx = make_context(args, argv if argv is None else [__file__, *argv])
     budget = args.budget_s
     if budget is None:
-        budget = 140.0 if ctx.device.type == "cuda" and not args.quick else math.inf
+        budget = 140.0 if ctx.device.type == "cuda" and not args.quick and not args.full else math.inf
     benches = _benches()
     only = {s.strip() for s in args.only.split(",")} if args.only else {b.name for b in benches}
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -680,7 +748,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sections.append(f"## {b.name}\n\nskipped: the budget of {budget:g} s was exhausted")
         else:
             try:
-                bargs = b.parser().parse_args(common)
+                extra = b.budget_args if ctx.device.type == "cuda" and not args.full and not args.quick else []
+                bargs = b.parser().parse_args(common + extra)
                 res, secs = timed(lambda b=b, bargs=bargs: b.run(bargs, ctx), ctx.device)
                 res = sanitize(res)
                 entry.update({"seconds": secs, "result": res})

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
     settings = {"version": version, "seed": 0, **({"attacks": attacks} if attacks else {})}
     idx = ctx.data.subset(n, args.seed)
     x, y = ctx.data.tensors(idx, device=dev)
-    rows, skipped = [], []
+    rows, skipped, notes = [], [], []
     for name in names:
         if ctx.over(5) and rows:
             skipped.append(name)
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
                     xb, yb = x[s:s + batch], y[s:s + batch]
                     atk = make_attack("autoattack", model, B.EPS_8, device=dev, **settings)
                     xa = atk(xb, yb)
+                    B.check_eval(model, "the autoattack adapter", notes)
                     with torch.no_grad():
                         correct += (model(xa).argmax(1) == yb).sum()
                         clean += (model(xb).argmax(1) == yb).sum()
@@ -104,12 +105,13 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
         extra.append(f"N={n} (below the 1000 of the brief: chosen to fit the time budget or limited by the data)")
     if skipped:
         extra.append(f"skipped (time budget): {', '.join(skipped)}")
+    extra += [f"**warning**: {w}" for w in dict.fromkeys(notes)]
     md = "\n".join([B.header(TITLE, ctx, extra), "",
                     B.md_table(["model", "N", "seconds", "s / 1000 images", "10k s (extrapolated)", "clean acc %",
                                 "robust acc %", "error"], md_rows), "",
                     f"Total over the models measured: {total:.1f} s"])
     return {"bench": "autoattack", "n": n, "version": version, "attacks": attacks, "batch": batch, "rows": rows,
-            "total_s": total, "skipped": skipped, "markdown": md}
+            "total_s": total, "skipped": skipped, "warnings": list(dict.fromkeys(notes)), "markdown": md}
 
 
 def main(argv=None) -> dict:

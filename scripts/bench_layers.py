@@ -1,7 +1,7 @@
 """Bench 3 -- dynamic layers: forward and input-gradient throughput vs static ResNet-20 and vs a per-sample loop.
 
     python scripts/bench_layers.py --device cuda --out bench/      # batches 256 and 1024, fp32 and bf16
-    python scripts/bench_layers.py --device cpu                    # batches 32 and 128, fp32
+    python scripts/bench_layers.py --device cpu                    # batches 16 and 64, fp32
 
 Models (trained checkpoints, eval mode): static ResNet-20, dyconv_k4 in both exact computations
 (``dense``: K dense convs + weighted sum; ``grouped``: one grouped conv with the batch folded into
@@ -40,11 +40,11 @@ OPS = ("forward", "input-grad")
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batches", default=None, help="batch sizes (default cuda 256,1024; cpu 32,128; quick 8)")
+    p.add_argument("--batches", default=None, help="batch sizes (default cuda 256,1024; cpu 16,64; quick 8)")
     p.add_argument("--precisions", default=None, help="fp32,bf16 (default cuda fp32,bf16; cpu fp32)")
     p.add_argument("--loop-n", type=int, default=None, help="images in the per-sample loop (default cuda 64, cpu 8)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default cuda 10, cpu 3)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default cuda 3, cpu 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default cuda 7, cpu 3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default cuda 2, cpu 1)")
     p.add_argument("--channels-last", action="store_true", help="channels_last parameters and inputs")
     p.add_argument("--models", default=None, help="subset of static,dyconv_k4,odconv_k4,gated")
 
@@ -90,13 +90,14 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
     if args.batches:
         batches = [int(b) for b in args.batches.split(",")]
     else:
-        batches = [8] if args.quick else ([256, 1024] if cuda else [32, 128])
+        batches = [8] if args.quick else ([256, 1024] if cuda else [16, 64])
     if args.n is not None:  # --n caps the largest batch (images available)
         batches = [min(b, args.n) for b in batches]
     precisions = (args.precisions.split(",") if args.precisions else (["fp32", "bf16"] if cuda else ["fp32"]))
     loop_n = args.loop_n or (2 if args.quick else (64 if cuda else 8))
-    repeats = args.repeats or (2 if args.quick else (10 if cuda else 3))
-    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    repeats = args.repeats or (2 if args.quick else (7 if cuda else 3))
+    warmup = args.warmup if args.warmup is not None else (2 if cuda else 1)
+    max_s = 0.6 if cuda else 20.0  # stop repeating a slow measurement early (>= 3 repeats still)
     wanted = set(args.models.split(",")) if args.models else None
     configs = [c for c in CONFIGS if wanted is None or c[0] in wanted]
     if wanted is not None and "static" not in wanted:
@@ -132,14 +133,14 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
                         skipped.append(f"{label}:{op}:{prec}:{b}")
                         continue
                     x, y = x_all[:b], y_all[:b]
-                    t = B.median_time(_step(model, op, x, y, prec), dev, warmup=warmup, repeats=repeats, max_s=3.0)
+                    t = B.median_time(_step(model, op, x, y, prec), dev, warmup=warmup, repeats=repeats, max_s=max_s)
                     rows.append({"model": name, "mode": mode, "label": label, "op": op, "precision": prec,
                                  "batch": b, "seconds": t, "images_per_s": b / t})
             if ctx.over(0.5):
                 skipped.append(f"{label}:{op}:loop")
                 continue
             xl, yl = x_all[:loop_n], y_all[:loop_n]
-            t = B.median_time(_loop(model, op, xl, yl), dev, warmup=1, repeats=3 if cuda else 1, max_s=3.0)
+            t = B.median_time(_loop(model, op, xl, yl), dev, warmup=1, repeats=3 if cuda else 1, max_s=max_s)
             loops.append({"model": name, "mode": mode, "label": label, "op": op, "precision": "fp32",
                           "loop_n": loop_n, "seconds": t, "images_per_s": loop_n / t})
         del model
@@ -188,7 +189,8 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
         md_rows.append([label, *cells])
     columns = ["model", *[f"{op} {p} b{b} img/s (vs static)" for op, p, b in cols],
                *[f"loop {op} img/s" for op in OPS], *[f"b{max(batches)} fp32 {op} vs loop" for op in OPS]]
-    extra = [f"median of {repeats} synchronised calls after {warmup} warm-up call(s); loop reference: {loop_n} images "
+    extra = [f"median of up to {repeats} synchronised calls (at least 3; fewer once {max_s:g} s are spent) after "
+             f"{warmup} warm-up call(s); loop reference: {loop_n} images "
              f"one at a time (fp32); channels_last: {args.channels_last}",
              "input-grad = forward + cross-entropy + gradient w.r.t. the input (one attack step); bf16 = autocast"]
     if skipped:

@@ -42,7 +42,7 @@ GRID_255 = (0, 1, 2, 4, 6, 8, 12, 16)
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=None,
-                   help="models (default static,dyconv_k4,static_at,dyconv_k4_at; quick static,static_at)")
+                   help="models (default cuda static,dyconv_k4,static_at; cpu and quick static,static_at)")
     p.add_argument("--attack", default="pgd-ce", help="registered attack on both sides (default pgd-ce)")
     p.add_argument("--steps", type=int, default=None, help="attack steps (default 20; quick 2)")
     p.add_argument("--settings", default="{}", help='extra attack settings as JSON, e.g. \'{"random_start": false}\'')
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     return B.common_parser(__doc__.split("\n\n")[0], _args)
 
 
-def naive_sweep(model, data, attack: str, grid, settings: dict, n: int, seed: int, batch: int, device) -> dict:
+def naive_sweep(model, data, attack: str, grid, settings: dict, n: int, seed: int, batch: int, device,
+                notes: list[str] | None = None) -> dict:
     """Robust accuracy per eps with every eps > 0 attacking all n examples independently."""
     from robustbench_dyn.attacks import make_attack
 
@@ -66,6 +67,7 @@ def naive_sweep(model, data, attack: str, grid, settings: dict, n: int, seed: in
             x, y = data.tensors(idx[s:s + batch], device=device)
             if eps > 0:
                 x = make_attack(attack, model, eps, device=device, **settings)(x, y)
+                B.check_eval(model, f"attack {attack!r}", notes if notes is not None else [])
             with torch.no_grad():
                 correct += int((model(x).argmax(1) == y).sum())
         acc[eps] = correct / len(idx)
@@ -77,23 +79,24 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
     from robustbench_dyn.evaluation import default_batch_size, run_sweep
 
     dev = ctx.device
-    n = B.n_for(args, dev, cuda=1000, cpu=32, quick=6, total=len(ctx.data))
+    n = B.n_for(args, dev, cuda=1000, cpu=24, quick=6, total=len(ctx.data))
     steps = args.steps or (2 if args.quick else 20)
     batch = args.batch_size or default_batch_size(dev)
     extra = json.loads(args.settings)
     settings = get_attack(args.attack).settings(steps=steps, **extra)  # validated, canonical
     grid = [k / 255 for k in GRID_255]
     labels = [f"{k}/255" if k else "0" for k in GRID_255]
-    models = args.models or ("static,static_at" if args.quick else "static,dyconv_k4,static_at,dyconv_k4_at")
+    models = args.models or ("static,dyconv_k4,static_at" if dev.type == "cuda" and not args.quick
+                             else "static,static_at")
     names = [m.strip() for m in models.split(",") if m.strip()]
     es_settings = {**settings, "early_stop": True} if "early_stop" in settings else None
-    rows, skipped = [], []
+    rows, skipped, notes = [], [], []
     for name in names:
         if ctx.over(2):
             skipped.append(name)
             continue
         model = ctx.model(name)
-        counter = B.CountingModel(model)
+        counter = B.CountingModel(model)  # eval mode; check_eval records any library call leaving train mode
         if dev.type == "cuda":  # warm-up (lazy init, cuDNN heuristics) outside the timers
             run_sweep(counter, B.model_info(name, model), ctx.data, args.attack, grid[:2],
                       settings={**settings, "steps": 1}, n=min(n, 64), seed=args.seed, batch_size=batch, device=dev)
@@ -109,13 +112,14 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
             torch.manual_seed(args.seed)
             if side == "naive":
                 acc, secs = B.timed(lambda c=counter: naive_sweep(c, ctx.data, args.attack, grid, settings, n,
-                                                                  args.seed, batch, dev), dev)
+                                                                  args.seed, batch, dev, notes), dev)
             else:
                 info = B.model_info(name, model)
                 res, secs = B.timed(lambda c=counter, s=s, info=info: run_sweep(
                     c, info, ctx.data, args.attack, grid, settings=s, n=n, seed=args.seed, batch_size=batch,
                     device=dev), dev)
                 acc = dict(res.robust_acc)
+                B.check_eval(counter, "run_sweep", notes)
             entry[side] = {"seconds": secs, "grad_evals": counter.grad_examples,
                            "forward_only_examples": counter.nograd_examples,
                            "robust_acc": {lab: acc[e] for lab, e in zip(labels, grid, strict=True)}}
@@ -157,13 +161,14 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
                    "accuracy in pt (<= 0: never weaker)"]
     if skipped:
         extra_lines.append(f"skipped (time budget): {', '.join(skipped)}")
+    extra_lines += [f"**warning**: {w}" for w in dict.fromkeys(notes)]
     md = "\n".join([B.header(TITLE, ctx, extra_lines), "",
                     B.md_table(["model", "sweep", "grad evals", "vs naive", "seconds", "time vs naive",
                                 "max diff pt", "never weaker", "goal (grad evals)"], md_rows), "",
                     "Robust accuracy (%) per eps:", "",
                     B.md_table(["model", "sweep", *labels], acc_rows)])
     return {"bench": "sweep", "n": n, "grid": labels, "attack": args.attack, "settings": settings, "batch": batch,
-            "rows": rows, "skipped": skipped, "markdown": md}
+            "rows": rows, "skipped": skipped, "warnings": list(dict.fromkeys(notes)), "markdown": md}
 
 
 def main(argv=None) -> dict:

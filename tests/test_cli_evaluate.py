@@ -172,6 +172,7 @@ def test_incompatible_store(capsys, tmp_path):
 @pytest.mark.parametrize("args,needles", [
     (["sweep", "--suite", "nosuchsuite", "--models", "static", "--untrained"], ["does not exist"]),
     (["sweep", "--suite", "quick", "--models", "dyconf_*", "--untrained"], ["no registered model"]),
+    (["sweep", "--suite", "quick", "--models", "static,dyconf_k4", "--untrained"], ["unknown model", "dyconv_k4"]),
     (["check", "--model", "static", "--untrained", "--checks", "logitz"], ["unknown check", "logits"]),
     (["check", "--model", "static", "--untrained", "--eps", "-"], ["cannot parse"]),
 ])

@@ -38,7 +38,7 @@ def test_dyconv_macs_grow_with_k_and_modes_are_restored():
     assert macs == sorted(macs) and len(set(macs)) == 4  # aggregation cost grows with K
     m = rd.create_model("dyconv_k4").train()
     count_macs(m)
-    assert m.training and all(mod.mode == "dense" for mod in m.modules() if isinstance(mod, DyConv2d))
+    assert m.training and all(mod.mode == "auto" for mod in m.modules() if isinstance(mod, DyConv2d))
     assert count_params(m) == sum(p.numel() for p in m.parameters())
 
 

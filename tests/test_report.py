@@ -98,16 +98,16 @@ def _rows(model: str, rng: np.random.Generator, grid: list[float], strength: flo
 
 
 def make_store(path, models=("static", "dyconv_k4", "gated"), attacks=tuple(ATTACKS), clean_only=False,
-               checks=True) -> str:
+               checks=True, sha: str = "sha") -> str:
     st = ResultsStore(path)
     rng = np.random.default_rng(0)
     for model in models:
-        sha = f"{model}-sha"
+        sha_m = f"{model}-{sha}"
         layout = {"attention": [{"name": f"layers.{j // 2}.{j % 2}.conv1", "kind": "dyconv", "K": K, "spatial": 0}
                                 for j in range(LAYERS)] if model.startswith("dyconv") else [],
                   "gates": [{"name": f"layers.{j}.0.gate", "channels": c} for j, c in enumerate(BLOCKS)]
                   if model == "gated" else []}
-        st.upsert_model(model=model, checkpoint_sha256=sha, family=model.split("_")[0], params=270000,
+        st.upsert_model(model=model, checkpoint_sha256=sha_m, family=model.split("_")[0], params=270000,
                         macs=40.5e6, mean_executed_macs=22e6 if model == "gated" else 40.5e6, layout=layout,
                         latency_ms=1.5 if model == "static" else None,
                         latency_device="cpu" if model == "static" else None)
@@ -117,15 +117,15 @@ def make_store(path, models=("static", "dyconv_k4", "gated"), attacks=tuple(ATTA
             grid = [0.0] if clean_only else grid
             rows = _rows(model, rng, grid, strength if norm == "Linf" else strength * 40)
             for eps in grid:
-                key = RunKey(model, sha, attack, json.dumps(settings, sort_keys=True, separators=(",", ":")), norm,
+                key = RunKey(model, sha_m, attack, json.dumps(settings, sort_keys=True, separators=(",", ":")), norm,
                              eps, json.dumps(grid), "cifar10-jpeg", "digest", 0, N)
                 rid = st.run_id(key, eps_label=str(eps), dataset_label=LABEL, device="cpu")
                 st.add_examples({rid: rows[eps]}, {rid: 1.0})
         if checks:
-            st.add_check(model=model, checkpoint_sha256=sha, check_name="zero_gradient", dataset_digest="digest", n=N,
+            st.add_check(model=model, checkpoint_sha256=sha_m, check_name="zero_gradient", dataset_digest="digest", n=N,
                          seed=0, value=0.9 if model == "gated" else 0.0, passed=model != "gated", threshold="<= 0.01",
                          meaning="hard gates: gradient masking", dataset_label=LABEL, device="cpu")
-            st.add_check(model=model, checkpoint_sha256=sha, check_name="large_eps", dataset_digest="digest", n=N,
+            st.add_check(model=model, checkpoint_sha256=sha_m, check_name="large_eps", dataset_digest="digest", n=N,
                          seed=0, value=0.0, passed=True, threshold="<= 0.01", meaning="masked gradients",
                          dataset_label=LABEL, device="cpu")
     st.close()
@@ -150,7 +150,8 @@ def make_manifest(folder) -> str:
 def full_report(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     store = make_store(d / "store.sqlite")
-    rep = build_report(store, d / "out", models_dir=make_manifest(d / "models"), strict=True)
+    # the built-in sections only: extension modules (*_sections.py) test their own
+    rep = build_report(store, d / "out", models_dir=make_manifest(d / "models"), strict=True, sections=BUILTIN)
     return rep
 
 
@@ -168,6 +169,8 @@ def test_full_report_has_every_section(full_report):
     for col in ("FGSM @ 8/255 (%)", "PGD-20 @ 8/255 (%)", "AutoAttack @ 8/255 (%)", "PGD-20 L2 @ 0.5 (%)",
                 "latency (ms)", "| n | data |"):
         assert col in md, col
+    # single-eps attacks are not drawn as curves, and the report says so
+    assert "Run at a single ε only" in md and "AutoAttack" in md.split("Run at a single ε only")[1].split("\n")[0]
     # findings carry numbers
     find = md.split("Findings", 2)[-1]
     assert "pt" in find and "%" in find and "FAILS zero_gradient" in find
@@ -218,7 +221,7 @@ def test_main_table_numbers_match_store(full_report):
 def test_rebuild_removes_stale_files(tmp_path):
     store = make_store(tmp_path / "s.sqlite", models=("static", "gated"), attacks=("fgsm",), checks=False)
     out = tmp_path / "out"
-    rep = build_report(store, out, models_dir=tmp_path / "nomodels", strict=True)
+    rep = build_report(store, out, models_dir=tmp_path / "nomodels", strict=True, sections=BUILTIN)
     assert (out / "figures" / "gates_gated.png").exists()
     rep = build_report(store, out, models_dir=tmp_path / "nomodels", sections=["main_table", "findings"],
                        strict=True)
@@ -229,7 +232,7 @@ def test_rebuild_removes_stale_files(tmp_path):
 
 def test_clean_only_store_builds_and_names_missing(tmp_path):
     store = make_store(tmp_path / "s.sqlite", clean_only=True, checks=False)
-    rep = build_report(store, tmp_path / "out", models_dir=tmp_path / "nomodels", strict=True)
+    rep = build_report(store, tmp_path / "out", models_dir=tmp_path / "nomodels", strict=True, sections=BUILTIN)
     assert rep.failed == {}
     assert "main_table" in rep.built and "findings" in rep.built
     for sid in ("eps_curves", "entropy", "attention_shift", "tsne", "checks"):
@@ -242,7 +245,7 @@ def test_clean_only_store_builds_and_names_missing(tmp_path):
 
 def test_store_without_gated_or_dynamic_models(tmp_path):
     store = make_store(tmp_path / "s.sqlite", models=("static", "dyconv_k4"), attacks=("pgd",))
-    rep = build_report(store, tmp_path / "out", models_dir=tmp_path / "nomodels", strict=True)
+    rep = build_report(store, tmp_path / "out", models_dir=tmp_path / "nomodels", strict=True, sections=BUILTIN)
     assert rep.failed == {}
     assert rep.missing == {"gates": "no channel-gated model in the store"}
     md = rep.index_md.read_text()
@@ -251,7 +254,7 @@ def test_store_without_gated_or_dynamic_models(tmp_path):
     assert "No training curves" in md
 
     store2 = make_store(tmp_path / "s2.sqlite", models=("static",), attacks=("fgsm",), checks=False)
-    rep2 = build_report(store2, tmp_path / "out2", models_dir=tmp_path / "nomodels", strict=True)
+    rep2 = build_report(store2, tmp_path / "out2", models_dir=tmp_path / "nomodels", strict=True, sections=BUILTIN)
     assert rep2.failed == {}
     assert {"entropy", "attention_shift", "tsne", "gates", "kernels", "checks"} <= set(rep2.missing)
     assert {"main_table", "eps_curves", "findings"} <= set(rep2.built)
@@ -275,6 +278,29 @@ def test_empty_and_missing_store(tmp_path, capsys):
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and "Fix:" in lines[0], err
         assert "Traceback" not in out + err
+
+
+def test_older_checkpoints_are_left_out(tmp_path):
+    path = tmp_path / "s.sqlite"
+    make_store(path, models=("static",), attacks=("fgsm",), checks=False, sha="old")
+    make_store(path, models=("static", "gated"), attacks=("fgsm",), checks=False, sha="new")
+    rep = build_report(path, tmp_path / "out", models_dir=tmp_path / "m", strict=True, sections=["main_table"])
+    md = rep.index_md.read_text()
+    assert "3 run(s) of older checkpoints of static are left out" in md
+    assert f"static {N}" in md  # not 2N: the old checkpoint's examples are not mixed in
+
+
+def test_store_with_checks_only(tmp_path):
+    st = ResultsStore(tmp_path / "s.sqlite")
+    st.add_check(model="gated", checkpoint_sha256="sha", check_name="zero_gradient", dataset_digest="d", n=8, seed=0,
+                 value=1.0, passed=False, threshold="<= 0.01", meaning="hard gates", dataset_label=LABEL, device="cpu")
+    st.close()
+    rep = build_report(tmp_path / "s.sqlite", tmp_path / "out", models_dir=tmp_path / "m", strict=True,
+                       sections=BUILTIN)
+    assert rep.built == ["checks", "findings"] and rep.failed == {}
+    assert rep.missing["main_table"] == "no evaluated examples in the store"
+    md = rep.index_md.read_text()
+    assert "FAIL 1" in md and "no evaluated examples yet" in md and LABEL in md
 
 
 def test_cli_report_builds(tmp_path, capsys):
@@ -318,7 +344,8 @@ def test_extension_sections(tmp_path):
     try:
         with pytest.raises(ValueError, match="already registered"):
             section("zz_custom", "again")(lambda ctx: None)
-        rep = build_report(store, tmp_path / "out", models_dir=tmp_path / "m")
+        rep = build_report(store, tmp_path / "out", models_dir=tmp_path / "m",
+                           sections=[*BUILTIN, "zz_custom", "zz_absent", "zz_none", "zz_broken"])
         assert "zz_custom" in rep.built and rep.built.index("zz_custom") < rep.built.index("findings")
         assert rep.missing["zz_absent"] == "no transfer runs in the store"
         assert "energy-attack runs" in rep.missing["zz_none"]

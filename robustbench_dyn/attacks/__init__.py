@@ -59,3 +59,5 @@ __all__ = [
     "dlr_margin", "eval_mode", "gate_surrogate", "get_attack", "make_attack", "perturbation_norm",
     "register_attack", "register_loss", "verify_adversarial",
 ]
+
+from .. import threats as _threats  # noqa: E402,F401  (registers energy, attn-shift, attn-target, pgd-bpda, pgd-eot)

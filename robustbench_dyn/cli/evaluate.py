@@ -194,7 +194,7 @@ def sweep_cmd(
     from ..checks import DEFAULT_CHECK_N, check_model
     from ..errors import CheckpointError, ConfigError
     from ..evaluation import default_batch_size, default_n, eps_label, is_user_model_spec, resolve_device, run_sweep
-    from ..registry import list_models
+    from ..registry import list_models, resolve_name
     from ..store import ResultsStore
     from ..suites import load_suite
 
@@ -203,15 +203,12 @@ def sweep_cmd(
     if is_user_model_spec(models):
         names = [models]
     else:
-        names = list_models(models)
+        names = []
+        for pat in (p.strip() for p in models.split(",") if p.strip()):
+            found = list_models(pat) if any(c in pat for c in "*?[") else [resolve_name(pat)]
+            names += [m for m in found if m not in names]
         if not names:
-            import difflib
-
-            from ..registry import list_models as all_models
-
-            close = difflib.get_close_matches(models, all_models(), n=3, cutoff=0.4)
-            raise ConfigError(f"no registered model matches {models!r}",
-                              f"did you mean {', '.join(close)}?" if close else "run `robustdyn list` for the zoo")
+            raise ConfigError(f"no registered model matches {models!r}", "run `robustdyn list` for the zoo")
         if not untrained:
             missing = [m for m in names if not checkpoint_present(m, models_dir)]
             if missing and not skip_missing:

@@ -21,7 +21,8 @@ def report_cmd(
     sections: str = typer.Option(None, "--sections", help="Comma-separated section ids to build (default: all; "
                                  "see --list-sections)."),
     list_sections: bool = typer.Option(False, "--list-sections", help="List the registered sections and exit."),
-    tsne_max: int = typer.Option(1000, "--tsne-max", help="At most this many examples per model in the t-SNE."),
+    tsne_max: int = typer.Option(500, "--tsne-max", help="At most this many examples per model in the t-SNE "
+                                 "(clean + adversarial: twice as many points; exact t-SNE up to 1000 points)."),
 ) -> None:
     """Tables and figures (markdown, self-contained HTML, PNG, CSV) from the results store."""
     from ..errors import ConfigError

@@ -20,9 +20,10 @@ def set_temperature(model, value: float) -> None:
 
 
 def set_dyconv_mode(model, mode: str) -> None:
-    """Switch every DyConv2d between the exact "grouped" and "dense" computations."""
+    """Switch every DyConv2d between the exact "grouped" and "dense" computations ("auto": dense on
+    CUDA, grouped elsewhere)."""
+    if mode not in ("auto", "grouped", "dense"):
+        raise ValueError(f"mode must be 'auto', 'grouped' or 'dense', got {mode!r}")
     for m in model.modules():
         if isinstance(m, DyConv2d):
-            if mode not in ("grouped", "dense"):
-                raise ValueError(f"mode must be 'grouped' or 'dense', got {mode!r}")
             m.mode = mode

@@ -286,7 +286,7 @@ class ReportContext:
     CSV tables, markdown helpers). Example rows are loaded on demand per run and cached."""
 
     def __init__(self, store, out: Path, *, models_dir: str | os.PathLike | None = None,
-                 generated_at: datetime | None = None, dpi: int = 130, tsne_max: int = 1000) -> None:
+                 generated_at: datetime | None = None, dpi: int = 130, tsne_max: int = 500) -> None:
         self.store = store
         self.store_path = Path(store.path)
         self.out = Path(out)
@@ -307,14 +307,17 @@ class ReportContext:
     def _load(self) -> None:
         runs = self.store.runs_df()
         self.all_runs = runs
-        if runs.empty:
+        checks = self.store.checks_df()
+        if runs.empty and checks.empty:
             raise EmptyStoreError(f"results store {self.store_path} holds no runs",
                                   "run `robustdyn sweep --suite attacks/standard.toml --models '*'` "
                                   "(or `robustdyn evaluate`) first, or pass --store")
         runs = runs[runs.n_done > 0].copy()
-        if runs.empty:
+        if runs.empty and checks.empty:
             raise EmptyStoreError(f"results store {self.store_path} has runs but no example rows yet",
                                   "wait for the sweep to commit its first batch, or rerun it")
+        if runs.empty:
+            self.notes.append("The store holds sanity checks but no evaluated examples yet.")
         # the newest checkpoint per model name: results of older checkpoints are not mixed in
         latest = runs.sort_values("run_id").groupby("model")["checkpoint_sha256"].last()
         keep = runs.checkpoint_sha256 == runs.model.map(latest)
@@ -347,7 +350,6 @@ class ReportContext:
         if not models.empty:
             models = models[models.checkpoint_sha256 == models.model.map(latest)]
         self.models_table = models.set_index("model") if not models.empty else models
-        checks = self.store.checks_df()
         if not checks.empty:
             checks = checks[checks.checkpoint_sha256 == checks.model.map(latest).fillna(checks.checkpoint_sha256)]
         self.checks = checks
@@ -608,7 +610,7 @@ def open_store_for_report(store_path: str | os.PathLike | None):
 def build_report(store: str | os.PathLike | Any | None = None, out: str | os.PathLike = DEFAULT_OUT, *,
                  models_dir: str | os.PathLike | None = None, sections: Iterable[str] | None = None,
                  strict: bool = False, progress: Callable[[str, str], None] | None = None,
-                 generated_at: datetime | None = None, tsne_max: int = 1000) -> Report:
+                 generated_at: datetime | None = None, tsne_max: int = 500) -> Report:
     """Build the report from the results ``store`` (a path or an open ResultsStore) into ``out``:
     index.md, index.html (self-contained), figures/*.png and tables/*.csv.
 
@@ -631,6 +633,10 @@ def build_report(store: str | os.PathLike | Any | None = None, out: str | os.Pat
             raise ReportError(f"cannot create the report folder {out} ({e})", "pass another --out") from None
         old_files = _previous_files(out)
         ctx = ReportContext(st, out, models_dir=models_dir, generated_at=generated_at, tsne_max=tsne_max)
+        from . import EXTENSION_ERRORS
+
+        for mod, err in EXTENSION_ERRORS.items():
+            ctx.notes.append(f"report extension {mod} failed to import ({err}); its sections are absent.")
         import matplotlib.pyplot as plt
 
         from .plotting import RC
@@ -712,8 +718,11 @@ def _index_markdown(ctx: ReportContext, built: list[tuple[Section, SectionResult
     from .. import __version__
 
     runs = ctx.runs
-    labels = sorted(set(map(str, runs.dataset_label)))
-    devices = sorted(set(map(str, runs.device)))
+    ch = ctx.checks if ctx.checks is not None else pd.DataFrame()
+    labels = sorted(set(map(str, runs.dataset_label)) or set(map(str, ch.get("dataset_label", pd.Series())
+                                                                  .dropna())) or {"unknown data"})
+    devices = sorted(set(map(str, runs.device)) or set(map(str, ch.get("device", pd.Series()).dropna()))
+                     or {"unknown device"})
     lines = ["# Adversarial robustness of dynamic CNNs: report", ""]
     lines.append(f"Generated {ctx.generated_at.strftime('%Y-%m-%d %H:%M UTC')} by robustbench_dyn {__version__} "
                  f"from the results store `{ctx.store_path}` ({len(runs)} runs, {len(ctx.models)} models).")
@@ -727,7 +736,7 @@ def _index_markdown(ctx: ReportContext, built: list[tuple[Section, SectionResult
         r = runs[runs.model == m]
         vals = sorted({int(v) for v in r.n_done})
         ns.append(f"{ctx.label(m)} {vals[-1] if len(vals) == 1 else f'{vals[0]}-{vals[-1]}'}")
-    lines.append(f"- **Examples per model (n):** {'; '.join(ns)}. Robust accuracies come with Wilson 95% "
+    lines.append(f"- **Examples per model (n):** {'; '.join(ns) or 'none'}. Robust accuracies come with Wilson 95% "
                  "intervals in the CSV tables; at small n, differences of a few points are within noise.")
     for note in ctx.notes:
         lines.append(f"- **Note:** {note}")

@@ -110,6 +110,7 @@ def markdown_to_html(md: str, *, base_dir: str | Path | None = None, title: str 
     body: list[str] = []
     i = 0
     para: list[str] = []
+    seen: dict[str, int] = {}
 
     def flush() -> None:
         if para:
@@ -137,7 +138,13 @@ def markdown_to_html(md: str, *, base_dir: str | Path | None = None, title: str 
         if m:
             flush()
             level, text = len(m.group(1)), m.group(2).strip()
-            body.append(f'<h{level} id="{_slug(text)}">{inline(text, base)}</h{level}>')
+            anchor = _slug(text)
+            if anchor in seen:  # GitHub style: repeated headings get -1, -2, ...
+                seen[anchor] += 1
+                anchor = f"{anchor}-{seen[anchor]}"
+            else:
+                seen[anchor] = 0
+            body.append(f'<h{level} id="{anchor}">{inline(text, base)}</h{level}>')
             i += 1
             continue
         if s in ("---", "***"):

@@ -47,8 +47,8 @@ def _register(name: str, cls, description: str = "", **preset) -> None:
         register_attack(name, cls, description, **preset)
 
 
-_register("energy", GateEnergyAttack, "energy attack (gated nets): PGD-20 opening gates (soft gate probabilities), BPDA",
-          bpda=True)
+_register("energy", GateEnergyAttack,
+          "energy attack (gated nets): PGD-20 opening gates (soft gate probabilities), BPDA", bpda=True)
 _register("attn-shift", AttentionShiftAttack)
 _register("attn-target", AttentionTargetAttack)
 _register("pgd-bpda", TorchattacksPGD, "PGD-20 Linf cross-entropy with BPDA through hard gates (torchattacks)",

@@ -12,7 +12,6 @@ from torch import nn
 
 from ..attacks import Attack, get_attack
 from ..dynamics import DynamicsProbe, ProbeRecord
-from ..evaluation import seeded
 
 Progress = Callable[[int], None]  # called with the number of examples just finished
 
@@ -31,6 +30,8 @@ def run_attack(model: nn.Module, attack: str | type[Attack], x: torch.Tensor, y:
     """Adversarial examples for all of ``x`` (same device), attacked in chunks of ``batch_size``; each
     chunk runs under an RNG seeded by (``seed_key``, chunk start, eps), so results are reproducible and
     independent of what ran before. Examples are verified by the attack (in [0, 1], in the eps ball)."""
+    from ..evaluation import seeded  # lazy: evaluation imports attacks, which import this package
+
     device = x.device
     out = torch.empty_like(x)
     for start in range(0, len(x), batch_size):
@@ -48,8 +49,15 @@ def record(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> ProbeRec
     return DynamicsProbe(model).record(x, batch_size=batch_size)
 
 
-def accuracy(rec: ProbeRecord, y: torch.Tensor) -> float:
-    return float(np.mean(rec.pred == y.cpu().numpy())) if len(rec) else float("nan")
+def accuracy(rec: ProbeRecord, y: torch.Tensor, clean: ProbeRecord | None = None) -> float:
+    """Accuracy of ``rec``; with ``clean``, robust accuracy: correct on the clean *and* on this input."""
+    if not len(rec):
+        return float("nan")
+    y_np = y.cpu().numpy()
+    ok = rec.pred == y_np
+    if clean is not None:
+        ok &= clean.pred == y_np
+    return float(np.mean(ok))
 
 
 @functools.cache

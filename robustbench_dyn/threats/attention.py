@@ -148,9 +148,10 @@ def attention_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid
                     adversarial: dict | None = None, progress: Progress | None = None) -> list[dict]:
     """Accuracy drop and attention shift of each attack in ``attacks`` at each eps; one dict per (attack, eps).
 
-    Each dict: attack, eps, n, target (attn-target only), acc_clean, acc_adv, acc_drop (acc_clean -
-    acc_adv), kl (mean over layers of KL(clean || adv), per example, then averaged), kl_sum (summed over
-    layers: what attn-shift maximises), tv (total variation, mean over layers), dominant_changed
+    Each dict: attack, eps, n, target (attn-target only), acc_clean, acc_adv (robust accuracy: correct on
+    the clean and on the attacked input), acc_drop (acc_clean - acc_adv, in [0, 1]), kl (mean over
+    layers of KL(clean || adv), per example, then averaged), kl_sum (summed over layers: what
+    attn-shift maximises), tv (total variation, mean over layers), dominant_changed
     (fraction of layers whose dominant kernel changed), target_hit_clean / target_hit_adv (fraction of
     layers whose dominant kernel is ``target``), target_attn_clean / target_attn_adv (attention on kernel
     ``target``, mean over layers), label_changed.
@@ -179,7 +180,8 @@ def attention_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid
             j = kw.get("target", target)
             out.append({
                 "attack": name, "eps": eps, "n": len(x), "target": j if name == "attn-target" else None,
-                "acc_clean": acc_clean, "acc_adv": accuracy(adv, y), "acc_drop": acc_clean - accuracy(adv, y),
+                "acc_clean": acc_clean, "acc_adv": accuracy(adv, y, clean),
+                "acc_drop": acc_clean - accuracy(adv, y, clean),
                 "kl": float(np.nanmean(shift.kl_mean())), "kl_sum": float(shift.kl.sum(1).mean()),
                 "tv": float(np.nanmean(shift.tv_mean())),
                 "dominant_changed": float(np.nanmean(shift.dominant_changed_frac())),

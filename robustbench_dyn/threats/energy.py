@@ -81,8 +81,9 @@ def energy_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid, *
     macs_full (this model at gate density 1), macs_clean / macs_adv (mean executed MACs per example),
     frac_clean / frac_adv (those as a fraction of macs_static), increase (macs_adv / macs_clean),
     density_clean / density_adv (mean fraction of open gates), density_blocks_clean / _adv, acc_clean /
-    acc_adv, label_changed (fraction of examples whose prediction changed), frac_examples_up (fraction
-    whose MACs rose), macs_clean_examples / macs_adv_examples (per example, for distributions).
+    acc_adv (robust accuracy: correct clean and attacked), label_changed (fraction of examples whose
+    prediction changed), frac_examples_up (fraction whose MACs rose), macs_clean_examples /
+    macs_adv_examples (per example, for distributions).
     """
     reference = reference_macs() if reference is None else float(reference)
     full = gated_cost(model).full
@@ -101,7 +102,7 @@ def energy_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid, *
             "density_clean": float(clean.density_mean().mean()), "density_adv": float(adv.density_mean().mean()),
             "density_blocks_clean": to_list(clean.density().mean(0)),
             "density_blocks_adv": to_list(adv.density().mean(0)),
-            "acc_clean": accuracy(clean, y), "acc_adv": accuracy(adv, y),
+            "acc_clean": accuracy(clean, y), "acc_adv": accuracy(adv, y, clean),
             "label_changed": float((clean.pred != adv.pred).mean()),
             "frac_examples_up": float((ma > mc).mean()),
             "macs_clean_examples": to_list(mc, 1), "macs_adv_examples": to_list(ma, 1),

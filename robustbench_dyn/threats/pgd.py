@@ -1,13 +1,14 @@
 """PGD on an arbitrary per-example objective, with EOT: the engine of the dynamic-aware threats.
 
 :class:`ObjectivePGD` maximises ``objective(model, x_adv, y, ctx) -> (value, score)`` inside an
-Linf or L2 ball: ``value`` (B,) is differentiated, ``score`` (B,) (detached; defaults to ``value``)
+Linf or L2 ball: ``value`` (B,) is differentiated, ``score`` (B,) (detached, e.g. ``value`` itself)
 picks the example returned. Unlike the label attacks of :mod:`robustbench_dyn.attacks.pgd`, nothing
 here stops at the first misclassified iterate: an energy or attention attack wants the iterate that
 maximises *its* objective whatever the label does.
 
-* ``select = "best"``: per example, the iterate (over restarts and steps, random start included)
-  with the highest score; ``"final"``: the last iterate of the restart with the highest final score.
+* ``select = "best"``: per example, the point (the clean input, and every iterate over restarts and
+  steps, random start included) with the highest score; ``"final"``: the last iterate of the restart
+  with the highest final score.
 * ``eot = S`` (Expectation over Transformation, Athalye et al. 2018): every gradient is the mean of
   S gradients, each from its own forward pass, so a stochastic model is attacked through the
   expectation of its objective; scores are averaged the same way. For a model that is deterministic
@@ -111,6 +112,11 @@ class ObjectivePGD(Attack):
         self.prepare(model, x, y, state)
         best = x.clone()
         best_score = torch.full((B,), float("-inf"), device=x.device)
+        if s["select"] == "best":  # delta = 0 is in the ball too: the attack never does worse than no attack
+            ctx = LossContext(x, eps, norm, 0, steps, index, state)
+            with torch.no_grad():
+                best_score = torch.stack([self.objective(model, x, y, ctx)[1].float()
+                                          for _ in range(s["eot"])]).mean(0)
         for _ in range(s["restarts"]):
             xa = _random_start(x, eps, norm) if s["random_start"] else x.clone()
             for t in range(steps + 1):

@@ -10,7 +10,8 @@ computed. Which study applies to which model:
 * attention: models with DyConv/ODConv layers, at every eps (``attn-target`` only where some layer has
   more than ``target`` kernels);
 * adaptive: every model, at every eps of ``adaptive_eps`` (default: ``eps_grid``); BPDA runs on gated
-  models, EOT on models that are stochastic in eval mode; the others get a "not applicable" row;
+  models, EOT on models that are stochastic in eval mode; the others get one "not applicable" row (with
+  their direct robust accuracy) at the largest eps;
 * transfer: every (source, target) pair of the models, at ``transfer_eps``.
 """
 
@@ -27,14 +28,13 @@ import torch
 from torch import nn
 
 from ..attacks import eval_mode, get_attack
-from ..evaluation import eps_label, load_data, resolve_device, resolve_model
+from ._common import reference_macs, run_attack
 from .adaptive import adaptive_study, predict
 from .attention import attention_layers, attention_study, has_attention
 from .energy import energy_study, has_gates
 from .pgd import is_stochastic
 from .store import ThreatKey, ThreatStore, settings_json
 from .transfer import TransferResult, transfer_row
-from ._common import reference_macs, run_attack
 
 STUDIES = ("energy", "attention", "adaptive", "transfer")
 DEFAULT_GRID = (2 / 255, 4 / 255, 8 / 255)
@@ -115,6 +115,7 @@ def run_threats(models: Sequence[str | nn.Module], *, data=None, data_dir=None, 
     after each row.
     """
     from ..errors import ConfigError
+    from ..evaluation import eps_label, load_data, resolve_device, resolve_model  # lazy: see _common.run_attack
 
     t_start = time.perf_counter()
     log = log or (lambda s: None)
@@ -182,7 +183,10 @@ def run_threats(models: Sequence[str | nn.Module], *, data=None, data_dir=None, 
                     units.append(_Unit(m, "attention", e, key(m, a, S[a], e), a, ((a, e),)))
         if "adaptive" in studies:
             cfg = {"direct": "pgd", **S["pgd"], "bpda": gated, "eot": eot_samples if stochastic[m] else 0}
-            for e in a_grid:
+            # without gates or randomness there is nothing adaptive to run: one row (the direct attack, shared
+            # with the transfer study) at the largest eps says so
+            applicable = gated or stochastic[m]
+            for e in (a_grid if applicable else a_grid[-1:]):
                 needs = [("pgd", e)] + ([("pgd+bpda", e)] if gated else []) + ([("pgd-eot", e)] if stochastic[m]
                                                                                  else [])
                 units.append(_Unit(m, "adaptive", e, key(m, "adaptive", cfg, e), "adaptive", tuple(needs)))

@@ -61,6 +61,26 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _finite(v):
+    """JSON-safe copy: NaN/inf floats become None (JSON has no NaN), numpy scalars/arrays plain values."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    try:
+        import numpy as np
+
+        if isinstance(v, np.ndarray):
+            return _finite(v.tolist())
+        if isinstance(v, np.generic):
+            v = v.item()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    return v
+
+
 def _json_default(v):
     try:
         import numpy as np
@@ -117,7 +137,7 @@ class ThreatStore:
 
         cols = {**asdict(key), "eps_label": eps_label, "dataset_id": dataset_id, "dataset_label": dataset_label,
                 "device": device, "untrained": int(untrained),
-                "result": json.dumps(result, sort_keys=True, default=_json_default, allow_nan=False),
+                "result": json.dumps(_finite(result), sort_keys=True, default=_json_default, allow_nan=False),
                 "duration_s": duration_s, "robustdyn_version": __version__, "created_at": _now()}
         sql = f"INSERT OR REPLACE INTO threats ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         for attempt in range(5):

@@ -1,10 +1,11 @@
 """Transfer attacks: adversarial examples crafted on one model, evaluated on the others.
 
 Rows are source models, columns target models; entry (s, t) is the robust accuracy of ``t`` on the
-examples crafted against ``s`` (correct on the clean image and on the adversarial one) (PGD-20, cross-entropy, the registry's ``pgd``: its final iterate, at 8/255 by
-default). The diagonal is therefore the white-box robust accuracy of each model on exactly these
-examples. An off-diagonal entry *below* the diagonal of its column means a black-box (transfer)
-attack beats the white-box one on that target: a classic sign of gradient masking.
+examples crafted against ``s`` (correct on the clean image and on the adversarial one). The examples
+are PGD-20 cross-entropy (the registry's ``pgd``: its final iterate), at 8/255 by default. The
+diagonal is therefore the white-box robust accuracy of each model on exactly these examples. An
+off-diagonal entry *below* the diagonal of its column means a black-box (transfer) attack beats the
+white-box one on that target: a classic sign of gradient masking.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def attention_models(ctx: ReportContext) -> tuple[tuple[str, str] | None, list[s
 def _require(ctx: ReportContext) -> tuple[tuple[str, str], list[str]]:
     ref, models = attention_models(ctx)
     if ref is None:
-        raise SectionSkipped("no L∞ attack ran at eps > 0 (only clean runs)")
+        raise SectionSkipped("no L∞ attack at eps > 0 in the store" + (" (only clean runs)" if len(ctx.runs) and
+                                                                      not (ctx.runs.eps > 0).any() else ""))
     if not models:
         raise SectionSkipped(f"no model with attention (DyConv/ODConv) was attacked with {ref[0]} in the store")
     return ref, models
@@ -103,6 +104,7 @@ def entropy_section(ctx: ReportContext) -> SectionResult:
     def eps_color(e: float):
         return cmap(0.9 * epss_all.index(e) / max(1, len(epss_all) - 1))
 
+    shown_any: set[float] = set()
     for i, m in enumerate(usable):
         ax = axes[i // ncols][i % ncols]
         g = tab[tab.model == m]
@@ -118,20 +120,21 @@ def entropy_section(ctx: ReportContext) -> SectionResult:
                         yerr=[100 * (s.frac_robust - s.ci_lo), 100 * (s.ci_hi - s.frac_robust)],
                         color=eps_color(e), marker="o", markersize=4, capsize=2,
                         linewidth=1.4, label=f"ε = {eps_text(e, ref[1])}")
+        shown_any.update(shown)
         K = _max_k(ctx, m)
+        extra = [f"max log K = {math.log(K):.2f} nats"] if K and K > 1 else []
+        if len(shown) < len(epss):
+            extra.append("none robust at ε ≥ " + eps_text(min(set(epss) - set(shown)), ref[1]))
         ax.set_title(f"{ctx.label(m)}: n={int(first.n.sum())}, {int(first.n_bins.iloc[0])} quantile bins"
-                     + (f"\n(entropy max log K = {math.log(K):.2f} nats)" if K and K > 1 else ""), fontsize=10)
+                     + (f"\n({'; '.join(extra)})" if extra else ""), fontsize=10)
         ax.set_xlabel("clean attention entropy, bin median (nats)")
         ax.set_ylabel("examples robust (%)")
         ax.set_ylim(-2, 102)
-        if len(shown) < len(epss):
-            ax.text(0.02, 0.98, "no example robust at ε ≥ " + eps_text(min(set(epss) - set(shown)), ref[1]),
-                    transform=ax.transAxes, va="top", fontsize=7.5, color="#555555")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color="#777777", linestyle="--", marker="s", markersize=3, label="clean accuracy")]
     handles += [Line2D([], [], color=eps_color(e), marker="o", markersize=4, label=f"ε = {eps_text(e, ref[1])}")
-                for e in epss_all]
+                for e in epss_all if e in shown_any]
     for k in range(len(usable), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     data = ctx.data_text(ctx.runs[ctx.runs.model.isin(usable)], n=False)
@@ -180,14 +183,17 @@ def _balanced_run(ctx: ReportContext, m: str, ref: tuple[str, str]) -> tuple[pd.
     for r in ctx.curve(m, *ref).itertuples():
         if r.eps <= 0:
             continue
-        ex = ctx.examples(int(r.run_id), detail=True)
+        ex = ctx.examples(int(r.run_id))
         ok = ex[ex.clean_pred == ex.label]
         nb = int((ok.broken_at.notna()).sum())
         ns = len(ok) - nb
         score = (min(nb, ns), -abs(r.eps - STANDARD_EPS[ref[1]]))
         if best is None or score > best[0]:
-            best = (score, pd.Series(r._asdict()), ok)
-    return None if best is None else (best[1], best[2])
+            best = (score, pd.Series(r._asdict()))
+    if best is None:
+        return None
+    ex = ctx.examples(int(best[1].run_id), detail=True)
+    return best[1], ex[ex.clean_pred == ex.label]
 
 
 def _layer_names(ctx: ReportContext, m: str, n_layers: int) -> list[str]:
@@ -358,7 +364,7 @@ def tsne_section(ctx: ReportContext) -> SectionResult:
         perp = float(min(30.0, max(5.0, (len(X) - 1) / 4)))
         # exact gradients for small sets (faster and deterministic there), Barnes-Hut above
         Z = TSNE(n_components=2, perplexity=perp, init="pca", learning_rate="auto", random_state=0, max_iter=1000,
-                 method="exact" if len(X) <= 600 else "barnes_hut").fit_transform(X)
+                 method="exact" if len(X) <= 1000 else "barnes_hut").fit_transform(X)
         za, zb = Z[:n], Z[n:]
         agree_c, agree_a = _knn_agreement(A, y), _knn_agreement(B, y)
         fooled = (ex.adv_pred != ex.label).to_numpy()

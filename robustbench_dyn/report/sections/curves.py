@@ -45,8 +45,18 @@ def curve_table(ctx: ReportContext) -> pd.DataFrame:
 def eps_curves(ctx: ReportContext) -> SectionResult:
     tab = curve_table(ctx)
     if tab.empty or not (tab.eps > 0).any():
-        raise SectionSkipped("no attack ran at eps > 0 (only clean runs)")
-    panels = [(a, n) for n in ("Linf", "L2") for a in ctx.attacks(n) if ((tab.attack == a) & (tab.norm == n)).any()]
+        raise SectionSkipped("no attack ran at eps > 0 (only clean runs)" if len(ctx.runs) else
+                             "no evaluated examples in the store")
+    def n_eps(a: str, n: str) -> int:
+        return tab[(tab.attack == a) & (tab.norm == n) & (tab.eps > 0)].groupby("model").eps.nunique().max()
+
+    pairs = [(a, n) for n in ("Linf", "L2") for a in ctx.attacks(n) if ((tab.attack == a) & (tab.norm == n)).any()]
+    # a curve needs two eps > 0: single-eps attacks (e.g. AutoAttack at 8/255) are in the main table only
+    panels = [p for p in pairs if n_eps(*p) >= 2]
+    single = [p for p in pairs if p not in panels]
+    if not panels:
+        raise SectionSkipped("no attack was run over an eps grid (two or more eps > 0); single-eps results are in the "
+                             "main table")
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = ctx.figure(nrows, ncols, size=(4.8, 3.7))
@@ -77,12 +87,20 @@ def eps_curves(ctx: ReportContext) -> SectionResult:
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     any_at = any(ctx.meta(m).training == "at" for m in ctx.models)
-    ncol = min(6, len(handles))
-    legend_rows = math.ceil(len(handles) / ncol)
-    bottom = (0.55 + 0.22 * legend_rows) / fig.get_figheight()
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=ncol,
-               bbox_to_anchor=(0.5, 0.0), frameon=False,
-               title="model (static: black" + ("; dashed: adversarially trained)" if any_at else ")"))
+    title = "model (static: black" + ("; dashed: adversarially trained)" if any_at else ")")
+    if len(panels) < nrows * ncols:  # the legend fills the first empty panel
+        lax = axes[nrows - 1][ncols - 1]
+        lax.set_visible(True)
+        lax.axis("off")
+        lax.legend(list(handles.values()), list(handles.keys()), loc="center", frameon=False, title=title,
+                   ncol=1 if len(handles) <= 8 else 2)
+        bottom = 0.0
+    else:
+        ncol = min(6, len(handles))
+        legend_rows = math.ceil(len(handles) / ncol)
+        bottom = (0.55 + 0.22 * legend_rows) / fig.get_figheight()
+        fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=ncol,
+                   bbox_to_anchor=(0.5, 0.0), frameon=False, title=title)
     titled(fig, "Robust accuracy vs attack budget ε, per attack",
            f"{ctx.data_text(n=False)}; ε = 0: clean accuracy; bands: Wilson 95% CI; dotted line: standard ε",
            rect=(0, bottom, 1, 1))
@@ -92,6 +110,9 @@ def eps_curves(ctx: ReportContext) -> SectionResult:
           f"({ctx.data_text()}). An ascending sweep attacks at each ε only the examples still robust at the "
           "previous ε, so every curve is monotone.", "", ctx.md_figure(png, "Robust accuracy vs eps"), "",
           f"Data: {ctx.md_csv(csv, 'robust_acc_vs_eps.csv')}."]
+    if single:
+        md += ["", "Run at a single ε only (so not drawn as curves; see the main table): "
+               + ", ".join(f"{a}" + ("" if n in a else f" ({n})") for a, n in single) + "."]
     return SectionResult("\n".join(md), files=[png, csv], findings=_curve_findings(ctx, tab))
 
 
@@ -233,6 +254,7 @@ def kernels(ctx: ReportContext) -> SectionResult:
                          "train_acc": kept.get("train_acc"), "holdout_acc": kept.get("holdout_acc"),
                          "test_clean_acc": met.get("clean_acc"), "test_n": met.get("clean_n"),
                          "holdout_n": (e.get("recipe") or {}).get("holdout"),
+                         "train_n": ((e.get("dataset") or {}).get("train") or {}).get("n_used"),
                          "data": met.get("clean_data") or (e.get("dataset") or {}).get("label"),
                          "device": e.get("device"), "sha256": e.get("sha256")})
             for h in hist:
@@ -245,6 +267,7 @@ def kernels(ctx: ReportContext) -> SectionResult:
         dev = ", ".join(sorted(set(map(str, tab.device.dropna())))) or "unknown device"
         hold_n = "/".join(str(int(v)) for v in sorted(set(tab.holdout_n.dropna())))
         test_n = "/".join(str(int(v)) for v in sorted(set(tab.test_n.dropna())))
+        train_n = "/".join(str(int(v)) for v in sorted(set(tab.train_n.dropna()))) or "?"
         fig, axes = ctx.figure(1, 1, size=(6.0, 4.0))
         ax = axes[0][0]
         for col, name, color, mk in (("train_acc", "train (running, augmented, train mode)", "#1f77b4", "o"),
@@ -257,8 +280,8 @@ def kernels(ctx: ReportContext) -> SectionResult:
         ax.set_xticks(list(mks))
         ax.legend(loc="best")
         ax.set_title("At the kept epoch (the checkpoint)")
-        titled(fig, "Training and validation accuracy vs number of kernels K", f"{data}; trained on {dev}; from "
-               "models/manifest.json")
+        titled(fig, "Training and validation accuracy vs number of kernels K", f"{data}; train n={train_n}; trained "
+               f"on {dev}; from models/manifest.json")
         files += [ctx.save_figure(fig, "train_val_acc_vs_K"), ctx.save_table(tab, "train_val_acc_vs_K")]
         fig, axes = ctx.figure(1, 2, size=(5.2, 3.8))
         from matplotlib.ticker import MaxNLocator
@@ -279,8 +302,8 @@ def kernels(ctx: ReportContext) -> SectionResult:
             ax.set_ylabel("accuracy (%)")
             ax.set_title(what)
             ax.legend(loc="lower right", fontsize=8)
-        titled(fig, "Training curves per number of kernels K", f"{data}; trained on {dev}; ★ = kept epoch "
-               "(the checkpoint)")
+        titled(fig, "Training curves per number of kernels K", f"{data}; train n={train_n}; trained on {dev}; "
+               "★ = kept epoch (the checkpoint)")
         files += [ctx.save_figure(fig, "training_curves_vs_K"), ctx.save_table(cur, "training_curves_vs_K")]
         disp = pd.DataFrame({"K": tab.K, "model": tab.model, "epochs": tab.epochs, "kept epoch": tab.kept_epoch,
                              "train (%)": [pct(v) for v in tab.train_acc],

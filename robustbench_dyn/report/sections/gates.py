@@ -244,6 +244,9 @@ def gates_section(ctx: ReportContext) -> SectionResult:
     if usage_rows:
         files.append(ctx.save_table(pd.DataFrame(usage_rows), "gates_usage_per_class"))
     mr = pd.DataFrame(macs_rows)
+    # one clean row per model (every attack's run shares the clean inputs), then the attacked rows
+    mr = pd.concat([mr[mr.side == "clean"].drop_duplicates("model").assign(attack="none", norm=""),
+                    mr[mr.side != "clean"]]).sort_values(["model"], kind="stable")
     disp = pd.DataFrame({"model": mr.model, "attack": mr.attack, "ε": [eps_text(e, n or "Linf") for e, n in
                                                                       zip(mr.eps, mr.norm, strict=True)],
                          "input": mr.side, "MACs (M)": [f"{v / 1e6:.2f}" for v in mr.macs_mean],

@@ -41,6 +41,8 @@ def robust_long(ctx: ReportContext) -> pd.DataFrame:
 @section("main_table", "Accuracy and robustness at the standard eps", order=10,
          needs="runs of any model")
 def main_table(ctx: ReportContext) -> SectionResult:
+    if ctx.runs.empty:
+        raise SectionSkipped("no evaluated examples in the store")
     cols = standard_columns(ctx)
     long = robust_long(ctx)
     has_latency = not ctx.models_table.empty and ctx.models_table.latency_ms.notna().any()
@@ -123,13 +125,16 @@ def main_table(ctx: ReportContext) -> SectionResult:
 def _main_findings(ctx: ReportContext, long: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     out = []
     clean = {m: ctx.clean_run(m) for m in ctx.models}
+    parts = []
     for m in ctx.models:
-        meta = ctx.meta(m)
-        st = meta.base_static
-        if meta.dynamic and st in clean and m != st:
-            c, s = clean[m], clean[st]
-            out.append(f"Clean accuracy: {m} {pct(c.clean_acc)}% vs {st} {pct(s.clean_acc)}% "
-                       f"({100 * (c.clean_acc - s.clean_acc):+.1f} pt; n={int(c.n_done)}/{int(s.n_done)}).")
+        c = clean[m]
+        st = ctx.meta(m).base_static
+        text = f"{m} {pct(c.clean_acc)}%"
+        if ctx.meta(m).dynamic and st in clean:
+            text += f" ({100 * (c.clean_acc - clean[st].clean_acc):+.1f} pt vs {st})"
+        parts.append(text)
+    ns = sorted({int(c.n_done) for c in clean.values()})
+    out.append(f"Clean accuracy (n={'/'.join(map(str, ns))}): " + ", ".join(parts) + ".")
     if long.empty:
         return out
     for (lbl, norm, eps), g in long.groupby(["attack", "norm", "eps"], sort=False):
