@@ -42,7 +42,7 @@ OPS = ("forward", "input-grad")
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", default=None, help="batch sizes (default cuda 256,1024; cpu 16,64; quick 8)")
     p.add_argument("--precisions", default=None, help="fp32,bf16 (default cuda fp32,bf16; cpu fp32)")
-    p.add_argument("--loop-n", type=int, default=None, help="images in the per-sample loop (default cuda 64, cpu 8)")
+    p.add_argument("--loop-n", type=int, default=None, help="images in the per-sample loop (default cuda 32, cpu 8)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default cuda 7, cpu 3)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default cuda 2, cpu 1)")
     p.add_argument("--channels-last", action="store_true", help="channels_last parameters and inputs")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, ctx: B.Context) -> dict:
     if args.n is not None:  # --n caps the largest batch (images available)
         batches = [min(b, args.n) for b in batches]
     precisions = (args.precisions.split(",") if args.precisions else (["fp32", "bf16"] if cuda else ["fp32"]))
-    loop_n = args.loop_n or (2 if args.quick else (64 if cuda else 8))
+    loop_n = args.loop_n or (2 if args.quick else (32 if cuda else 8))
     repeats = args.repeats or (2 if args.quick else (7 if cuda else 3))
     warmup = args.warmup if args.warmup is not None else (2 if cuda else 1)
     max_s = 0.6 if cuda else 20.0  # stop repeating a slow measurement early (>= 3 repeats still)

@@ -9,8 +9,8 @@
 # Phases (each under its own time limit; the store is resumable, so a phase cut short keeps what it
 # finished, a rerun completes it, and the report says what is missing):
 #   1. headline: FGSM and PGD-20 at 8/255 on N_HEAD (1000) seeded test images   attacks/zoo_headline.toml
-#   2. curves: FGSM/PGD-20 Linf grids and the PGD-20 L2 grid on N_CURVES         attacks/zoo_curves.toml
-#   3. AutoAttack (standard, 8/255) on N_AA, adversarially trained models first  attacks/zoo_autoattack.toml
+#   2. AutoAttack (standard, 8/255) on N_AA, adversarially trained models first  attacks/zoo_autoattack.toml
+#   3. curves: FGSM/PGD-20 Linf grids and the PGD-20 L2 grid on N_CURVES         attacks/zoo_curves.toml
 #   4. sanity checks; 5. threat models (energy, attention, BPDA/EOT, transfer); 6. benchmarks (BENCH=1)
 #   7. report into REPORT_OUT (default reports/)
 # On the GPU machine: carry .gpu_eval/ (a folder in .git/info/exclude) holding the CIFAR-10 test pack,
@@ -30,7 +30,7 @@ else
 fi
 N_HEAD=${N_HEAD:-$D_HEAD} N_CURVES=${N_CURVES:-$D_CURVES} N_AA=${N_AA:-$D_AA} N_CHECK=${N_CHECK:-$D_CHECK}
 N_THREATS=${N_THREATS:-$D_THREATS}
-if [ -d .gpu_eval ]; then
+if [ "$DEVICE" = cuda ] && [ -d .gpu_eval ]; then
   export PYTHONPATH="$PWD/.gpu_eval/site${PYTHONPATH:+:$PYTHONPATH}"
   python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
   python3 .gpu_eval/unpack.py /tmp/cifar10
@@ -51,12 +51,12 @@ phase() { echo "== [$SECONDS s] $*"; }
 phase "1. headline: FGSM / PGD-20 at 8/255, n=$N_HEAD"
 timeout "${T_HEAD:-$D_T_HEAD}" robustdyn sweep --suite attacks/zoo_headline.toml --models "$ZOO" --device "$DEVICE" \
   --n "$N_HEAD" 2>&1 | tee "$OUT/sweep_headline.log" | tail -20
-phase "2. curves: FGSM / PGD-20 Linf grids, PGD-20 L2 grid, n=$N_CURVES"
-timeout "${T_CURVES:-$D_T_CURVES}" robustdyn sweep --suite attacks/zoo_curves.toml --models "$ZOO" --device "$DEVICE" \
-  --n "$N_CURVES" 2>&1 | tee "$OUT/sweep_curves.log" | tail -40
-phase "3. AutoAttack standard at 8/255, n=$N_AA"
+phase "2. AutoAttack standard at 8/255, n=$N_AA"
 timeout "${T_AA:-$D_T_AA}" robustdyn sweep --suite attacks/zoo_autoattack.toml --models "$ZOO_AA" --device "$DEVICE" \
   --n "$N_AA" 2>&1 | tee "$OUT/sweep_aa.log" | tail -30
+phase "3. curves: FGSM / PGD-20 Linf grids, PGD-20 L2 grid, n=$N_CURVES"
+timeout "${T_CURVES:-$D_T_CURVES}" robustdyn sweep --suite attacks/zoo_curves.toml --models "$ZOO" --device "$DEVICE" \
+  --n "$N_CURVES" 2>&1 | tee "$OUT/sweep_curves.log" | tail -40
 phase "4. sanity checks, n=$N_CHECK"
 for m in $CHECK_MODELS; do
   timeout "${T_CHECK:-$D_T_CHECK}" robustdyn check --model "$m" --n "$N_CHECK" --square-queries "${SQ:-$D_SQ}" \

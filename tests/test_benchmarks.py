@@ -149,6 +149,7 @@ def test_counting_model_stays_in_eval_mode():
     counter = bench_all.CountingModel(inner)
     count_macs(counter)
     assert bench_all.training_modules(counter) == []
+    counter.reset()
     x = torch.rand(3, 3, 32, 32, requires_grad=True)
     counter(x).sum().backward()
     with torch.no_grad():

@@ -300,7 +300,31 @@ def test_store_with_checks_only(tmp_path):
     assert rep.built == ["checks", "findings"] and rep.failed == {}
     assert rep.missing["main_table"] == "no evaluated examples in the store"
     md = rep.index_md.read_text()
-    assert "FAIL 1" in md and "no evaluated examples yet" in md and LABEL in md
+    assert "FAIL 1" in md and "no evaluated examples yet (only sanity checks)" in md and LABEL in md
+
+
+def test_store_with_only_an_extension_table(tmp_path):
+    """A store holding only another module's table (e.g. threats) is not 'empty': extension sections may use it."""
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    ResultsStore(path).close()
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE zz_extra (x INTEGER)")
+    con.execute("INSERT INTO zz_extra VALUES (1)")
+    con.commit()
+    con.close()
+
+    @section("zz_extra", "Extra table", order=50)
+    def extra(ctx):
+        return SectionResult(f"rows: {ctx.extra_tables['zz_extra']}")
+
+    try:
+        rep = build_report(path, tmp_path / "out", models_dir=tmp_path / "m", sections=[*BUILTIN, "zz_extra"],
+                           strict=True)
+    finally:
+        SECTIONS.pop("zz_extra", None)
+    assert rep.built == ["zz_extra"] and "rows: 1" in rep.index_md.read_text()
 
 
 def test_cli_report_builds(tmp_path, capsys):

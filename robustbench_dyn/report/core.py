@@ -308,16 +308,18 @@ class ReportContext:
         runs = self.store.runs_df()
         self.all_runs = runs
         checks = self.store.checks_df()
-        if runs.empty and checks.empty:
+        self.extra_tables = _extra_tables(self.store_path)
+        if runs.empty and checks.empty and not self.extra_tables:
             raise EmptyStoreError(f"results store {self.store_path} holds no runs",
                                   "run `robustdyn sweep --suite attacks/standard.toml --models '*'` "
                                   "(or `robustdyn evaluate`) first, or pass --store")
         runs = runs[runs.n_done > 0].copy()
-        if runs.empty and checks.empty:
+        if runs.empty and checks.empty and not self.extra_tables:
             raise EmptyStoreError(f"results store {self.store_path} has runs but no example rows yet",
                                   "wait for the sweep to commit its first batch, or rerun it")
         if runs.empty:
-            self.notes.append("The store holds sanity checks but no evaluated examples yet.")
+            self.notes.append("The store holds no evaluated examples yet" + (" (only sanity checks)" if len(checks)
+                                                                             else "") + ".")
         # the newest checkpoint per model name: results of older checkpoints are not mixed in
         latest = runs.sort_values("run_id").groupby("model")["checkpoint_sha256"].last()
         keep = runs.checkpoint_sha256 == runs.model.map(latest)
@@ -542,6 +544,28 @@ class ReportContext:
     @staticmethod
     def md_csv(path: str, what: str = "CSV") -> str:
         return f"[{what}]({path})"
+
+
+_CORE_TABLES = {"meta", "runs", "examples", "checks", "models"}
+
+
+def _extra_tables(path: Path) -> dict[str, int]:
+    """Tables other modules added to the store (e.g. ``threats``) -> row count, read-only; {} if none."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            out = {}
+            for n in names:
+                if n not in _CORE_TABLES and not n.startswith("sqlite_"):
+                    out[n] = int(con.execute(f'SELECT COUNT(*) FROM "{n}"').fetchone()[0])
+            return {k: v for k, v in out.items() if v}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return {}
 
 
 def _safe(name: str) -> str:

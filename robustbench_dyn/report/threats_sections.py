@@ -82,9 +82,11 @@ def energy_section(ctx: ReportContext) -> SectionResult:
         g = df[df.model == m].sort_values("eps")
         st = model_style(m)
         x = 255 * g.eps.to_numpy()
-        ax.plot(x, 100 * g.frac_adv, marker=st["marker"], color=st["color"], linestyle="-",
-                label=f"{m}: attacked")
-        ax.plot(x, 100 * g.frac_clean, color=st["color"], linestyle=":", label=f"{m}: clean")
+        ax.plot(x, 100 * g.frac_adv, marker=st["marker"], color=st["color"], linestyle=st["linestyle"],
+                markerfacecolor="white" if st["linestyle"] != "-" else st["color"], label=f"{m}: attacked")
+        ax.plot(x, 100 * g.frac_clean, color=st["color"], linestyle=":", linewidth=1.0, label=f"{m}: clean")
+        ax.annotate(m, (x[-1], 100 * g.frac_adv.iloc[-1]), xytext=(4, 4), textcoords="offset points", fontsize=8,
+                    color=st["color"])
     ax.axhline(100, color="#000000", linewidth=0.8, linestyle="--", label="static ResNet-20 (100%)")
     ax.set_xlabel("ε (Linf, ×1/255)")
     ax.set_ylabel("executed MACs (% of the static network)")

@@ -128,6 +128,12 @@ def entropy_section(ctx: ReportContext) -> SectionResult:
         ax.set_title(f"{ctx.label(m)}: n={int(first.n.sum())}, {int(first.n_bins.iloc[0])} quantile bins"
                      + (f"\n({'; '.join(extra)})" if extra else ""), fontsize=10)
         ax.set_xlabel("clean attention entropy, bin median (nats)")
+        from matplotlib.ticker import ScalarFormatter
+
+        fmt = ScalarFormatter(useOffset=False)
+        fmt.set_scientific(False)
+        ax.xaxis.set_major_formatter(fmt)
+        ax.tick_params(axis="x", labelrotation=25)
         ax.set_ylabel("examples robust (%)")
         ax.set_ylim(-2, 102)
     from matplotlib.lines import Line2D
@@ -138,8 +144,14 @@ def entropy_section(ctx: ReportContext) -> SectionResult:
     for k in range(len(usable), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     data = ctx.data_text(ctx.runs[ctx.runs.model.isin(usable)], n=False)
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="robust under",
-               fontsize=8)
+    if len(usable) < nrows * ncols:  # the legend fills the first empty panel
+        lax = axes[nrows - 1][ncols - 1]
+        lax.set_visible(True)
+        lax.axis("off")
+        lax.legend(handles=handles, loc="center", frameon=False, title="robust under", fontsize=9)
+    else:
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                   title="robust under", fontsize=8)
     titled(fig, f"Fraction of examples robust to {ref[0]} ({ref[1]}) per clean attention-entropy bin",
            f"{data}; entropy averaged over layers; error bars: Wilson 95% CI")
     png = ctx.save_figure(fig, "robustness_vs_entropy")
@@ -226,6 +238,7 @@ def attention_shift(ctx: ReportContext) -> SectionResult:
         if "kl_layers" not in ok.columns or ok.kl_layers.isna().all():
             notes.append(f"{m}: no per-layer detail stored; skipped.")
             continue
+        ok = ok[ok.kl_layers.notna()]
         broken = ok[ok.broken_at.notna()]
         surv = ok[ok.broken_at.isna()]
         eps = float(run.eps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from ..core import STANDARD_EPS, ReportContext, SectionResult, SectionSkipped, eps_text, pct, section, wilson
@@ -96,10 +97,14 @@ def eps_curves(ctx: ReportContext) -> SectionResult:
                    ncol=1 if len(handles) <= 8 else 2)
         bottom = 0.0
     else:
-        ncol = min(6, len(handles))
-        legend_rows = math.ceil(len(handles) / ncol)
+        n_items = len(handles)
+        ncol = n_items if n_items <= 8 else math.ceil(n_items / 2)
+        legend_rows = math.ceil(n_items / ncol)
         bottom = (0.55 + 0.22 * legend_rows) / fig.get_figheight()
-        fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=ncol,
+        # matplotlib fills legend columns first: reorder so that models read row by row
+        order = [r * ncol + c for c in range(ncol) for r in range(legend_rows) if r * ncol + c < n_items]
+        hs, ls = list(handles.values()), list(handles.keys())
+        fig.legend([hs[i] for i in order], [ls[i] for i in order], loc="lower center", ncol=ncol,
                    bbox_to_anchor=(0.5, 0.0), frameon=False, title=title)
     titled(fig, "Robust accuracy vs attack budget ε, per attack",
            f"{ctx.data_text(n=False)}; ε = 0: clean accuracy; bands: Wilson 95% CI; dotted line: standard ε",
@@ -268,20 +273,26 @@ def kernels(ctx: ReportContext) -> SectionResult:
         hold_n = "/".join(str(int(v)) for v in sorted(set(tab.holdout_n.dropna())))
         test_n = "/".join(str(int(v)) for v in sorted(set(tab.test_n.dropna())))
         train_n = "/".join(str(int(v)) for v in sorted(set(tab.train_n.dropna()))) or "?"
-        fig, axes = ctx.figure(1, 1, size=(6.0, 4.0))
+        fig, axes = ctx.figure(1, 1, size=(9.6, 4.2))
         ax = axes[0][0]
-        for col, name, color, mk in (("train_acc", "train (running, augmented, train mode)", "#1f77b4", "o"),
-                                     ("holdout_acc", f"validation (held-out train images, n={hold_n})", "#d62728", "s"),
-                                     ("test_clean_acc", f"test (n={test_n})", "#000000", "^")):
+        for col, ncol, name, color, mk in (
+                ("train_acc", None, "train (running over the epoch, augmented; no CI)", "#1f77b4", "o"),
+                ("holdout_acc", "holdout_n", f"validation (held-out train images, n={hold_n})", "#d62728", "s"),
+                ("test_clean_acc", "test_n", f"test (n={test_n})", "#000000", "^")):
             g = tab.dropna(subset=[col])
-            ax.plot(g.K, 100 * g[col], marker=mk, color=color, label=name, linewidth=1.6)
+            ns = g[ncol] if ncol else [math.nan] * len(g)
+            ci = [wilson(a * n, n) if n == n and n else (a, a) for a, n in zip(g[col], ns, strict=True)]
+            lo = np.array([a - c[0] for a, c in zip(g[col], ci, strict=True)])
+            hi = np.array([c[1] - a for a, c in zip(g[col], ci, strict=True)])
+            ax.errorbar(g.K, 100 * g[col], yerr=[100 * np.nan_to_num(lo), 100 * np.nan_to_num(hi)], marker=mk,
+                        color=color, label=name, linewidth=1.6, capsize=3)
         ax.set_xlabel("K (number of kernels; K=1: static ResNet-20)")
         ax.set_ylabel("accuracy (%)")
         ax.set_xticks(list(mks))
-        ax.legend(loc="best")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title("At the kept epoch (the checkpoint)")
         titled(fig, "Training and validation accuracy vs number of kernels K", f"{data}; train n={train_n}; trained "
-               f"on {dev}; from models/manifest.json")
+               f"on {dev}; from models/manifest.json; error bars: Wilson 95% CI")
         files += [ctx.save_figure(fig, "train_val_acc_vs_K"), ctx.save_table(tab, "train_val_acc_vs_K")]
         fig, axes = ctx.figure(1, 2, size=(5.2, 3.8))
         from matplotlib.ticker import MaxNLocator

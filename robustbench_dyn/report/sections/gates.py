@@ -64,6 +64,8 @@ def gates_section(ctx: ReportContext) -> SectionResult:
         main_run = at_std.iloc[0] if len(at_std) else (cur_adv.iloc[-1] if len(cur_adv) else ctx.clean_run(m))
         ex = ctx.examples(int(main_run.run_id), detail=True)
         has_detail = "density_blocks_clean" in ex.columns and ex.density_blocks_clean.notna().any()
+        if has_detail:
+            ex = ex[ex.density_blocks_clean.notna()]
         layout = ctx.layout(m)
         # --- density per block, clean and under attack at each eps
         if has_detail:
@@ -75,7 +77,9 @@ def gates_section(ctx: ReportContext) -> SectionResult:
                                   "channels": chans[j], "density": float(Dc[:, j].mean()), "n": len(Dc)})
             for r in cur_adv.itertuples():
                 e2 = ctx.examples(int(r.run_id), detail=True)
-                Da = np.stack(e2.density_blocks_adv.to_numpy())
+                if "density_blocks_adv" not in e2.columns:
+                    continue
+                Da = np.stack(e2.density_blocks_adv.dropna().to_numpy())
                 for j in range(nb):
                     dens_rows.append({"model": m, "side": f"{ref[0]} {eps_text(r.eps, ref[1])}", "eps": float(r.eps),
                                       "block": j + 1, "block_name": names[j], "channels": chans[j],
