@@ -52,8 +52,9 @@ from .store import ResultsStore, RunKey, encode_detail
 
 #: Default number of examples on a CPU, so that ``robustdyn evaluate --model dyconv_k4 --attack pgd``
 #: (PGD-20; ~86% of the examples clean-correct, hence attacked) finishes in about a minute on an idle
-#: 2-core x86 CPU. Measured there: n=400 in 39.8 s wall (35.6 s attacking and probing, DyConv then in its
-#: "dense" mode; "auto" now picks the 3.4x faster "grouped" on a CPU), i.e. <= 0.09 s per example. On a GPU the default is the
+#: 2-core x86 CPU. Measured there: n=400 in 39.8 s wall (35.6 s attacking and probing, DyConv then in
+#: its "dense" mode; "auto" now picks the 3.4x faster "grouped" on a CPU), i.e. <= 0.09 s per example.
+#: On a GPU the default is the
 #: whole test set (10,000 examples: 9 s on an H100).
 DEFAULT_CPU_N = 500
 DEFAULT_BATCH = {"cpu": 100, "cuda": 1000}

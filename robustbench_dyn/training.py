@@ -25,9 +25,9 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -320,7 +320,7 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
                                                       channels_last=r.channels_last)
             log(f"[{name}] DyConv mode {dyconv_mode} (fwd+bwd ms per batch: {timings})")
     decay, no_decay = [], []
-    for n_, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": r.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}],

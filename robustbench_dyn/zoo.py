@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pandas as pd
 
@@ -11,7 +11,7 @@ from .costs import count_macs, count_params
 from .registry import create_model, get_spec, list_models
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_cost(name: str) -> tuple[int, int]:
     """(params, MACs) of a registered architecture, measured once per process."""
     m = create_model(name)

@@ -14,8 +14,17 @@ import torch
 from robustbench_dyn import load_model
 from robustbench_dyn.checkpoints import read_manifest
 from robustbench_dyn.errors import ConfigError
-from robustbench_dyn.training import (DeviceLoader, Recipe, _gate_weights, _lr_at, _temperature, file_epoch_sync,
-                                      fgsm_rs, make_recipe, train)
+from robustbench_dyn.training import (
+    DeviceLoader,
+    Recipe,
+    _gate_weights,
+    _lr_at,
+    _temperature,
+    fgsm_rs,
+    file_epoch_sync,
+    make_recipe,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

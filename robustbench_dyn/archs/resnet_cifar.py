@@ -96,7 +96,7 @@ class Bottleneck(nn.Module):
 class _CifarResNetBase(nn.Module):
     def _make_stages(self, block, in_planes: int, widths, blocks, strides, conv, conv_kw, gated):
         stages = []
-        for width, n, stride in zip(widths, blocks, strides):
+        for width, n, stride in zip(widths, blocks, strides, strict=True):
             layers = []
             for i in range(n):
                 layers.append(block(in_planes, width, stride if i == 0 else 1, conv, conv_kw, gated))

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from ._app import app, console, err_console  # noqa: F401
 from . import list_cmd  # noqa: F401,E402  (registers `list`)
+from ._app import app, console, err_console  # noqa: F401
 
 _OPTIONAL = ("evaluate", "report", "bench", "threats")
 

@@ -15,8 +15,10 @@ Which one is faster depends on the device: ``scripts/bench_layers.py`` measures 
 (2026-11-22): on an H100, dense runs an attack step 1.4-2.4x faster than grouped (cuDNN's grouped
 convolution with one group per example is slow); on a 2-core CPU, grouped runs PGD 3.4x faster than
 dense (dense does K times the arithmetic). ``"auto"`` (the default) therefore picks dense on CUDA
-and grouped elsewhere; both are exact, so the mode never changes the function. The attention temperature is a registered buffer, so it is saved with the
-checkpoint and a trained model never silently runs at the initial temperature.
+and grouped elsewhere; both are exact, so the mode never changes the function.
+
+The attention temperature is a registered buffer, so it is saved with the checkpoint and a trained
+model never silently runs at the initial temperature.
 """
 
 from __future__ import annotations
