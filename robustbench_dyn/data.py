@@ -201,10 +201,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ROBUSTDYN_CACHE", Path.home() / ".cache" / "robustdyn")) / "cifar10"
 
 
-def _download(root: Path) -> None:
+def _download(root: Path, timeout_s: float = 30.0) -> None:
+    """The official python-version archive through torchvision (md5-checked), into ``root``.
+    A socket timeout keeps a silently dropping network from hanging the first run."""
+    import socket
+
     from torchvision.datasets.utils import download_and_extract_archive
 
-    download_and_extract_archive(OFFICIAL_URL, str(root), md5=OFFICIAL_MD5)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        download_and_extract_archive(OFFICIAL_URL, str(root), md5=OFFICIAL_MD5)
+    finally:
+        socket.setdefaulttimeout(old)
 
 
 def load_cifar10(split: str = "test", data_dir=None, download: bool | None = None,

@@ -3,6 +3,7 @@ shell over :func:`robustbench_dyn.threats.run_threats`."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -74,6 +75,14 @@ def threats_cmd(
         err_console.print(f"warning: {m}", markup=False, highlight=False, soft_wrap=True)
     if n is None and dev.type == "cpu" and len(data) > DEFAULT_CPU_N:
         console.print(f"[dim]CPU: default subset of n={DEFAULT_CPU_N}; pass --n for more[/]")
+    if dev.type == "cpu" and hasattr(os, "getloadavg"):
+        import torch
+
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        if load > cores and torch.get_num_threads() > 1:
+            console.print(f"[yellow]the CPU is busy (load {load:.1f} on {cores} cores): with "
+                          f"{torch.get_num_threads()} torch threads per process, OMP_NUM_THREADS=1 is often several "
+                          "times faster here[/]")
     store_path = None if no_store else (store or default_store_path())
     console.print(f"models  {', '.join(names)}" + ("  [bold red](UNTRAINED: random weights)[/]" if untrained else ""))
     console.print(f"studies {', '.join(s for s in STUDIES if s in chosen)}; eps {', '.join(eps_label(e) for e in grid)}"
