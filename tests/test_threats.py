@@ -35,6 +35,16 @@ from robustbench_dyn.threats.attention import tap
 EPS = 8 / 255
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a few images: one torch thread is as fast, and far faster on a busy shared CPU
+    (intra-op threads spin against other processes). Restored after this module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def images(n: int = 8):
     return sample().tensors(np.arange(n))
 
