@@ -148,7 +148,8 @@ def test_l2_sweep_and_deterministic(model):
     assert a.examples[cols].equals(b.examples[cols])
 
 
-def test_evaluate_entry_point_with_untrained_registry_model():
+def test_evaluate_entry_point_with_untrained_registry_model(monkeypatch):
+    monkeypatch.delenv("ROBUSTDYN_DATA", raising=False)  # no data anywhere: the bundled sample is used
     r = evaluate("dyconv_k2", "fgsm", "0,8/255", n=8, untrained=True, device="cpu", batch_size=8)
     assert r.model.untrained and r.model.name == "dyconv_k2" and r.n == 8
     assert set(r.robust_acc) == {0.0, 8 / 255}
