@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg", force=True)
 
@@ -54,3 +55,10 @@ def style_axes(ax) -> None:
     for k, v in (("top", False), ("right", False)):
         ax.spines[k].set_visible(v)
     ax.grid(True, alpha=0.3, linewidth=0.6)
+
+
+def yerr_pct(acc, lo, hi) -> list:
+    """Error-bar lengths in percent points from an accuracy and its interval, never negative (rounding
+    can put a Wilson bound a hair on the wrong side of 0 % or 100 %)."""
+    acc, lo, hi = (np.asarray(v, dtype=float) for v in (acc, lo, hi))
+    return [np.clip(100 * (acc - lo), 0, None), np.clip(100 * (hi - acc), 0, None)]

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..core import STANDARD_EPS, ReportContext, SectionResult, SectionSkipped, eps_text, pct, section, wilson
 from ..plotting import titled
+from ..plotting import yerr_pct as _yerr
 
 
 def attention_models(ctx: ReportContext) -> tuple[tuple[str, str] | None, list[str]]:
@@ -111,13 +112,13 @@ def entropy_section(ctx: ReportContext) -> SectionResult:
         epss = sorted(set(g.eps))
         first = g[g.eps == epss[0]].sort_values("bin")
         ax.errorbar(first.entropy_median, 100 * first.clean_acc,
-                    yerr=[100 * (first.clean_acc - first.clean_ci_lo), 100 * (first.clean_ci_hi - first.clean_acc)],
+                    yerr=_yerr(first.clean_acc, first.clean_ci_lo, first.clean_ci_hi),
                     color="#777777", linestyle="--", marker="s", markersize=3, capsize=2, label="clean accuracy")
         shown = [e for e in epss if g[g.eps == e].n_robust.sum() > 0]
         for e in shown:
             s = g[g.eps == e].sort_values("bin")
             ax.errorbar(s.entropy_median, 100 * s.frac_robust,
-                        yerr=[100 * (s.frac_robust - s.ci_lo), 100 * (s.ci_hi - s.frac_robust)],
+                        yerr=_yerr(s.frac_robust, s.ci_lo, s.ci_hi),
                         color=eps_color(e), marker="o", markersize=4, capsize=2,
                         linewidth=1.4, label=f"ε = {eps_text(e, ref[1])}")
         shown_any.update(shown)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..core import STANDARD_EPS, ReportContext, SectionResult, SectionSkipped, eps_text, pct, section, wilson
 from ..plotting import titled
+from ..plotting import yerr_pct as _yerr
 
 
 def eps_axis(norm: str) -> tuple[float, str]:
@@ -201,7 +202,7 @@ def kernels(ctx: ReportContext) -> SectionResult:
         colors = ["#000000", "#1f77b4", "#d62728", "#9467bd", "#ff7f0e", "#2ca02c", "#8c564b"]
         for i, w in enumerate(std_whats):
             g = tab[tab.what == w].sort_values("K")
-            ax.errorbar(g.K, 100 * g.acc, yerr=[100 * (g.acc - g.ci_lo), 100 * (g.ci_hi - g.acc)],
+            ax.errorbar(g.K, 100 * g.acc, yerr=_yerr(g.acc, g.ci_lo, g.ci_hi),
                         color=colors[i % len(colors)], marker="o", capsize=3, linewidth=1.5, label=w)
         ax.set_title(f"Clean and robust accuracy at the standard ε (n={'/'.join(map(str, sorted(set(tab.n))))})")
         ax.set_xlabel("K (number of kernels; K=1: static ResNet-20)")
@@ -220,7 +221,7 @@ def kernels(ctx: ReportContext) -> SectionResult:
             ax.plot(g0.K, 100 * g0.acc, color="#000000", marker="o", linestyle="--", label="clean")
             for i, w in enumerate(whats):
                 g = tab[tab.what == w].sort_values("K")
-                ax.errorbar(g.K, 100 * g.acc, yerr=[100 * (g.acc - g.ci_lo), 100 * (g.ci_hi - g.acc)],
+                ax.errorbar(g.K, 100 * g.acc, yerr=_yerr(g.acc, g.ci_lo, g.ci_hi),
                             color=cmap(i / max(1, len(whats) - 1) * 0.9), marker="o", capsize=3, linewidth=1.4,
                             label=f"ε = {w.split(' @ ')[1]}")
             ax.set_title(f"{ref[0]} ({ref[1]}) over its ε grid")
@@ -284,7 +285,7 @@ def kernels(ctx: ReportContext) -> SectionResult:
             ci = [wilson(a * n, n) if n == n and n else (a, a) for a, n in zip(g[col], ns, strict=True)]
             lo = np.array([a - c[0] for a, c in zip(g[col], ci, strict=True)])
             hi = np.array([c[1] - a for a, c in zip(g[col], ci, strict=True)])
-            ax.errorbar(g.K, 100 * g[col], yerr=[100 * np.nan_to_num(lo), 100 * np.nan_to_num(hi)], marker=mk,
+            ax.errorbar(g.K, 100 * g[col], yerr=_yerr(0, -np.nan_to_num(lo), np.nan_to_num(hi)), marker=mk,
                         color=color, label=name, linewidth=1.6, capsize=3)
         ax.set_xlabel("K (number of kernels; K=1: static ResNet-20)")
         ax.set_ylabel("accuracy (%)")
