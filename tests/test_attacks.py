@@ -24,12 +24,6 @@ from robustbench_dyn.attacks.pgd import ce_loss, dlr_margin
 from robustbench_dyn.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("ROBUSTDYN_OFFLINE", "1")
-    monkeypatch.setenv("ROBUSTDYN_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def model():
     return trained_model()

@@ -27,12 +27,6 @@ from robustbench_dyn.suites import builtin_suites, load_suite, parse_suite
 INFO = ModelInfo("tiny", "0" * 64)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("ROBUSTDYN_OFFLINE", "1")
-    monkeypatch.setenv("ROBUSTDYN_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def model():
     return trained_model()

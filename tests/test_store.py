@@ -28,12 +28,6 @@ GRID = [0.0, 2 / 255, 8 / 255]
 COLS = ["eps", "idx", "label", "clean_pred", "adv_pred", "broken_at", "perturbation"]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("ROBUSTDYN_OFFLINE", "1")
-    monkeypatch.setenv("ROBUSTDYN_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def model():
     return trained_model()
