@@ -22,6 +22,7 @@ import io
 import os
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,8 @@ def subset_indices(total: int, n: int | None, seed: int = 0, what: str = "the da
     stream this does not depend on numpy's or torch's generator implementation, and subsets of one
     seed are nested (n=100 is contained in n=1000).
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed!r}", "pass e.g. --seed 0")
     if n is None or n == total:
         return np.arange(total)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
@@ -106,8 +109,6 @@ def subset_indices(total: int, n: int | None, seed: int = 0, what: str = "the da
     if n > total:
         raise DataError(f"n={n} is larger than the {total} images of {what}",
                         f"use --n {total} or less (or omit --n for all)")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"seed must be a non-negative integer, got {seed!r}", "pass e.g. --seed 0")
     keys = [hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8] for i in range(total)]
     order = sorted(range(total), key=keys.__getitem__)
     return np.sort(np.asarray(order[:n], dtype=np.int64))
@@ -185,7 +186,7 @@ def _load_from_folder(folder: Path, split: str) -> CIFAR10Data | None:
             return CIFAR10Data(x, y, split, data_id, label, str(pack))
     except DataError:
         raise
-    except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
+    except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise DataError(f"CIFAR-10 {split} data in {folder} is unreadable ({type(e).__name__}: {e})",
                         "re-create or re-download it, or point --data-dir elsewhere") from None
     return None
@@ -224,6 +225,9 @@ def load_cifar10(split: str = "test", data_dir=None, download: bool | None = Non
     explicit = data_dir if data_dir is not None else os.environ.get("ROBUSTDYN_DATA")
     if explicit:
         folder = Path(explicit).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"data folder {folder} is a file, not a folder",
+                            "pass --data-dir (or ROBUSTDYN_DATA) the folder that holds it")
         if not folder.is_dir():
             raise DataError(f"data folder {folder} does not exist",
                             "pass --data-dir (or ROBUSTDYN_DATA) a folder with train.npz/test.npz, "

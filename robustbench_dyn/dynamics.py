@@ -25,6 +25,7 @@ NaN for every attention statistic and density 1 (no gates).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -202,6 +203,10 @@ class Shift:
         return d.mean(1) if d.shape[1] else np.full(len(d), np.nan)
 
 
+#: model -> {"static": MACs, "gated": GatedCost}: architecture-only costs, kept while the model lives
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class DynamicsProbe:
     """Forward hooks on the attention and gate modules of ``model``.
 
@@ -236,14 +241,21 @@ class DynamicsProbe:
         return bool(self._gates)
 
     def static_macs(self) -> float:
-        """MACs per example at full gate density (torch's FLOP counter), measured once."""
+        """MACs per example at full gate density (torch's FLOP counter), measured once per model object
+        (the count depends on the architecture only, so sweeps over many attacks and eps reuse it)."""
         if self._static_macs is None:
-            self._static_macs = float(count_macs(self.model))
+            cached = _COSTS.setdefault(self.model, {})
+            if "static" not in cached:
+                cached["static"] = float(count_macs(self.model))
+            self._static_macs = cached["static"]
         return self._static_macs
 
     def gated_cost(self):
         if self._cost is None and self._gates:
-            self._cost = gated_cost(self.model)
+            cached = _COSTS.setdefault(self.model, {})
+            if "gated" not in cached:
+                cached["gated"] = gated_cost(self.model)
+            self._cost = cached["gated"]
         return self._cost
 
     def layout(self) -> dict:

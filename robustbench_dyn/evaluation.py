@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import distributed
 from .attacks import get_attack, perturbation_norm
 from .data import CIFAR10Data, load_cifar10
 from .dynamics import DynamicsProbe, ProbeRecord
@@ -437,6 +438,11 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
     grid_json = json.dumps(grid)
     settings_json = json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
+    ctx = distributed.current()
+    if ctx.active and keep_adv:
+        raise ConfigError("keep_adv is not supported in a distributed sweep", "run it in one process")
+    if ctx.active and not ctx.is_main and store is not None:
+        raise ConfigError("only rank 0 writes the results store", "pass store=None on the other ranks")
     run_ids: dict[float, int] | None = None
     todo = indices
     if store is not None:
@@ -454,37 +460,54 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
         store.upsert_model(model=info.name, checkpoint_sha256=info.checkpoint_sha256, untrained=info.untrained,
                            family=info.family, params=sum(p.numel() for p in model.parameters()),
                            macs=probe.static_macs(), layout=probe.layout(), source=info.source)
+    todo = distributed.broadcast(todo, ctx)  # rank 0 knows what the store holds
 
     rows_mem: list[pd.DataFrame] = []
     adv_parts: dict[float, list[torch.Tensor]] = {e: [] for e in grid}
     total = n_eff
     done_count = n_eff - len(todo)
-    if progress:
+    if progress and ctx.is_main:
         progress(done_count, total)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        x, y = data.tensors(chunk, device=device)
-        clean, outcomes = attack_chunk(model, probe, attack, settings, grid, x, y,
-                                       seed_key=f"{seed}:{int(chunk[0])}", device=device, keep_adv=keep_adv)
-        labels = y.cpu().numpy()
-        batch_rows = {out.eps: example_rows(chunk, labels, clean, out, probe) for out in outcomes}
-        if store is not None:
-            store.add_examples({run_ids[eps]: rows for eps, rows in batch_rows.items()},
-                               {run_ids[out.eps]: out.seconds for out in outcomes})
-        if store is None or keep_adv:
-            for eps, rows in batch_rows.items():
-                df = pd.DataFrame(rows)
-                df.insert(0, "eps", eps)
-                rows_mem.append(df)
-        if keep_adv:
-            for out in outcomes:
-                adv_parts[out.eps].append(out.x_adv)
-        done_count += len(chunk)
-        if progress:
+    # The chunks a single process uses; with N ranks, round r runs chunks rN .. rN+N-1, one per rank.
+    chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+    for first in range(0, len(chunks), ctx.world):
+        mine = first + ctx.rank
+        part = None
+        if mine < len(chunks):
+            chunk = chunks[mine]
+            x, y = data.tensors(chunk, device=device)
+            clean, outcomes = attack_chunk(model, probe, attack, settings, grid, x, y,
+                                           seed_key=f"{seed}:{int(chunk[0])}", device=device, keep_adv=keep_adv)
+            labels = y.cpu().numpy()
+            part = ({out.eps: example_rows(chunk, labels, clean, out, probe) for out in outcomes},
+                    {out.eps: out.seconds for out in outcomes},
+                    {out.eps: out.x_adv for out in outcomes} if keep_adv else None)
+        parts = [p for p in distributed.gather(part, ctx) or [] if p is not None]  # [] on ranks > 0
+        if store is not None and parts:
+            batches: dict[int, list[dict]] = {run_ids[eps]: [] for eps in grid}
+            seconds: dict[int, float] = {run_ids[eps]: 0.0 for eps in grid}
+            for rows_by_eps, secs_by_eps, _ in parts:
+                for eps, rows in rows_by_eps.items():
+                    batches[run_ids[eps]] += rows
+                    seconds[run_ids[eps]] += secs_by_eps[eps]
+            store.add_examples(batches, seconds)  # one transaction per round: whole chunks only
+        for rows_by_eps, _, advs in parts:
+            if store is None or keep_adv:
+                for eps, rows in rows_by_eps.items():
+                    df = pd.DataFrame(rows)
+                    df.insert(0, "eps", eps)
+                    rows_mem.append(df)
+            if keep_adv:
+                for eps, xa in advs.items():
+                    adv_parts[eps].append(xa)
+        done_count += sum(len(c) for c in chunks[first:first + ctx.world])
+        if progress and ctx.is_main:
             progress(done_count, total)
 
     examples = pd.concat(rows_mem, ignore_index=True) if rows_mem else None
-    if store is not None:
+    if not ctx.is_main:
+        clean_acc, robust, duration = distributed.broadcast(None, ctx)
+    elif store is not None:
         summaries = {eps: store.run_summary(rid) for eps, rid in run_ids.items()}
         clean_acc = summaries[grid[0]]["clean_acc"]
         robust = {eps: s["robust_acc"] for eps, s in summaries.items()}
@@ -496,6 +519,8 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
         clean_acc = float((first.clean_pred == first.label).mean())
         robust = {eps: float(examples[examples.eps == eps].broken_at.isna().mean()) for eps in grid}
         duration = time.perf_counter() - started
+    if ctx.active and ctx.is_main:
+        distributed.broadcast((clean_acc, robust, duration), ctx)
     return SweepResult(
         model=info, attack=attack, settings=settings, norm=norm, grid=grid, n=n_eff, seed=seed, dataset=desc,
         device=str(device), clean_acc=clean_acc, robust_acc=robust, seconds=time.perf_counter() - started,
@@ -529,6 +554,9 @@ def evaluate(model: str | nn.Module, attack: str = "pgd", eps: float | str | Seq
         data, _ = load_data(data_dir)
     if n is None:
         n = default_n(dev, len(data))
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}", "pass e.g. batch_size=100")
+    data.subset(n, seed)  # validates n and seed before the store is opened (nothing written on bad input)
     bs = batch_size or default_batch_size(dev)
     own_store = isinstance(store, (str, Path))
     st = ResultsStore(store) if own_store else store

@@ -151,6 +151,32 @@ def test_losspgd_amp_bf16_returns_verified_fp32(model, batch):
     assert accuracy(model, xa, y) < 0.5
 
 
+def test_losspgd_amp_confirms_breaks_in_fp32(model, batch):
+    """bf16 logits may call an example misclassified that fp32 does not: with amp, LossPGD confirms
+    each break in fp32 before it stops attacking the example. Here the "bf16" path lies outright (it
+    adds 100 to class 0's logit, so every example with y != 0 looks broken at the first step):
+    without the confirmation early stop would return the random starts, with it the attack goes on
+    (with the lying logits' still useful gradient) and breaks most examples in fp32."""
+    from robustbench_dyn.attacks.base import AutocastLogits
+
+    class Lying(AutocastLogits):
+        def forward(self, x):
+            out = self.model(x).float().clone()
+            out[:, 0] += 100.0
+            return out
+
+    x, y = batch
+    keep = y != 0
+    x, y = x[keep], y[keep]
+    atk = make_attack("pgd-ce", model, 8 / 255, steps=8, early_stop=True, prune_every=2)
+    torch.manual_seed(0)
+    xa = atk.perturb(Lying(model), x, y)
+    verify_adversarial(xa, x, 8 / 255, "Linf")
+    torch.manual_seed(0)
+    start = (x + torch.empty_like(x).uniform_(-8 / 255, 8 / 255)).clamp(0, 1)  # the random start, for reference
+    assert accuracy(model, xa, y) < 0.5 < accuracy(model, start, y)
+
+
 def test_pluggable_loss_sees_context(model, batch):
     x, y = batch
     calls = []

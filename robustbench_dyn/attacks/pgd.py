@@ -51,7 +51,7 @@ import torchattacks
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Attack
+from .base import Attack, AutocastLogits
 
 
 def step_size(settings: dict, eps: float) -> float:
@@ -198,6 +198,10 @@ class LossPGD(Attack):
         alpha = step_size(s, eps)
         loss_fn = LOSSES[s["loss"]]
         B = len(x)
+        # with amp, "misclassified" is first seen on bf16 logits; an fp32 forward confirms it (every
+        # prune_every steps and at the end of each restart) and unconfirmed examples go on being attacked
+        fp32 = model.model if isinstance(model, AutocastLogits) else None
+        confirmed = torch.zeros(B, dtype=torch.bool, device=x.device)
         best = x.clone()
         found = torch.zeros(B, dtype=torch.bool, device=x.device)
         best_loss = torch.full((B,), float("-inf"), device=x.device)
@@ -209,6 +213,8 @@ class LossPGD(Attack):
                 break
             xa, x0, y0 = start[sel], x[sel], y[sel]
             for t in range(steps):
+                if fp32 is not None and t > 0 and t % s["prune_every"] == 0:
+                    self._confirm(fp32, x, y, best, found, confirmed, best_loss)
                 if s["early_stop"] and t > 0 and t % s["prune_every"] == 0:
                     keep = (~found[sel]).nonzero().flatten()  # one sync every prune_every steps
                     if keep.numel() == 0:
@@ -226,10 +232,29 @@ class LossPGD(Attack):
                 ctx = LossContext(x0, eps, norm, steps, steps, sel, state)
                 loss, logits = loss_fn(model, xa, y0, ctx)
             self._record(best, found, sel, xa, logits.argmax(1) != y0)
+            if fp32 is not None:
+                self._confirm(fp32, x, y, best, found, confirmed, best_loss)
             better = ~found[sel] & (loss.float() > best_loss[sel])
             best[sel] = torch.where(better[:, None, None, None], xa, best[sel])
             best_loss[sel] = torch.where(better, loss.float(), best_loss[sel])
         return best
+
+    @staticmethod
+    @torch.no_grad()
+    def _confirm(fp32: nn.Module, x: torch.Tensor, y: torch.Tensor, best: torch.Tensor, found: torch.Tensor,
+                 confirmed: torch.Tensor, best_loss: torch.Tensor) -> None:
+        """fp32 check of the examples found (on bf16 logits) since the last check: confirmed ones stay
+        found; the others are attacked on from their current iterate and, unless a later iterate
+        breaks them, end with this restart's final iterate (they are all still in the restart's batch:
+        pruning happens only after a check)."""
+        cand = (found & ~confirmed).nonzero().flatten()
+        if cand.numel() == 0:
+            return
+        ok = fp32(best[cand]).argmax(1) != y[cand]
+        confirmed[cand[ok]] = True
+        found[cand[~ok]] = False
+        best[cand[~ok]] = x[cand[~ok]]
+        best_loss[cand[~ok]] = float("-inf")
 
     @staticmethod
     def _record(best: torch.Tensor, found: torch.Tensor, sel: torch.Tensor, xa: torch.Tensor,

@@ -37,3 +37,18 @@ def _root(
                                  callback=_print_version),
 ) -> None:
     """Benchmark the adversarial robustness of dynamic CNNs against static ResNets on CIFAR-10."""
+
+
+def check_counts(*, n: int | None = None, seed: int | None = None, batch_size: int | None = None) -> None:
+    """Validate --n, --seed and --batch-size before anything is loaded or the results store is opened
+    (a ConfigError naming the option and the fix; None means 'not given')."""
+    from ..errors import ConfigError
+
+    if n is not None and n < 1:
+        raise ConfigError(f"--n must be a positive number of examples, got {n}",
+                          "pass e.g. --n 1000, or leave it out for the default")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {seed}", "pass e.g. --seed 0")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}",
+                          "pass e.g. --batch-size 100, or leave it out for the default")

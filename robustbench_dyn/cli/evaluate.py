@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ._app import app, console, err_console
+from ._app import app, check_counts, console, err_console
 
 _MODEL_HELP = ("A registry name (`robustdyn list`), or path/to/file.py:factory to evaluate your own nn.Module "
                "(imports the file and calls factory(): runs your code).")
@@ -78,6 +78,33 @@ def _open_store(store: Path | None, no_store: bool):
     return None if no_store else ResultsStore(store)
 
 
+_DIST_HELP = ("Shard the examples across the processes torchrun starts (torch.distributed; NCCL on GPUs, gloo on "
+              "CPUs); rank 0 writes the store. Implied when torchrun starts more than one process: "
+              "`torchrun --nproc-per-node 4 -m robustbench_dyn sweep ...` (there write -n / --n-examples, not --n, which "
+              "torchrun's own parser takes for one of its options).")
+
+
+def _distributed(flag: bool, device: str):
+    """The rank context when sharding (the flag, or torchrun with >1 process), else None. Ranks > 0
+    print nothing but errors."""
+    from .. import distributed as D
+
+    if not flag and not D.launched_by_torchrun():
+        return None
+    ctx = D.init(device)
+    if not ctx.is_main:
+        console.quiet = True
+    console.print(f"distributed: {ctx.world} ranks, device of rank 0: {ctx.device}; rank 0 writes the store")
+    return ctx
+
+
+def _dist_done(ctx) -> None:
+    if ctx is not None:
+        from .. import distributed as D
+
+        D.shutdown()
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
@@ -85,8 +112,9 @@ def evaluate_cmd(
                                "autoattack, square."),
     eps: str = typer.Option(None, "--eps", help="One eps, e.g. 8/255 (default: 8/255 Linf, 0.5 L2)."),
     eps_grid: str = typer.Option(None, "--eps-grid", help="Comma-separated eps grid, e.g. 0,2/255,4/255,8/255."),
-    n: int = typer.Option(None, "--n", help="Examples (seeded subset). Default: all on a GPU, a ~1 minute subset on "
-                          "a CPU."),
+    n: int = typer.Option(
+        None, "--n", "-n", "--n-examples",
+        help="Examples (seeded subset). Default: all on a GPU, a ~1 minute subset on a CPU."),
     seed: int = typer.Option(0, "--seed", help="Subset seed (also seeds the attacks' random starts)."),
     setting: list[str] = typer.Option(None, "--set", help="Attack setting KEY=VALUE, repeatable: --set steps=50."),
     data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder (default: ROBUSTDYN_DATA, cache, sample)."),
@@ -98,6 +126,7 @@ def evaluate_cmd(
     models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder (default: the repo's models/)."),
     untrained: bool = typer.Option(False, "--untrained", help="Evaluate a randomly initialised registry model "
                                    "(smoke tests; labelled untrained in output and store)."),
+    distributed: bool = typer.Option(False, "--distributed", help=_DIST_HELP),
 ) -> None:
     """Robust accuracy of one model under one attack at one eps or over an eps grid."""
     from ..attacks import get_attack
@@ -112,7 +141,9 @@ def evaluate_cmd(
         run_sweep,
     )
 
-    dev = resolve_device(device)
+    check_counts(n=n, seed=seed, batch_size=batch_size)  # before anything is loaded or the store opened
+    ctx = _distributed(distributed, device)
+    dev = ctx.device if ctx is not None else resolve_device(device)
     entry = get_attack(attack)
     settings = entry.settings(**_parse_settings(setting))
     norm = entry.cls.norm_of(settings)
@@ -129,7 +160,7 @@ def evaluate_cmd(
                           "pass --n for more[/]")
     data.subset(n, seed)  # validates n and seed before anything runs
     bs = batch_size or default_batch_size(dev)
-    st = _open_store(store, no_store)
+    st = _open_store(store, no_store or (ctx is not None and not ctx.is_main))
     console.print(f"model   {_model_line(info)}")
     console.print(f"data    {data.label} ({data.source}), n={n}, seed={seed}")
     eps_text = ", ".join(eps_label(e, norm) for e in grid)
@@ -144,6 +175,7 @@ def evaluate_cmd(
     finally:
         if st is not None:
             st.close()
+        _dist_done(ctx)
     title = f"{info.label} under {attack} ({norm})"
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("", style="bold")
@@ -175,7 +207,8 @@ def sweep_cmd(
                               "or a shipped suite's name."),
     models: str = typer.Option(..., "--models", help="Registry pattern(s), comma-separated: 'dyconv_*,static'; "
                                "or path/file.py:factory."),
-    n: int = typer.Option(None, "--n", help="Examples per model (default: the suite's n, else all on a GPU and a "
+    n: int = typer.Option(
+        None, "--n", "-n", "--n-examples", help="Examples per model (default: the suite's n, else all on a GPU and a "
                           "CPU-sized subset on a CPU)."),
     seed: int = typer.Option(None, "--seed", help="Subset seed (default: the suite's)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder."),
@@ -188,6 +221,7 @@ def sweep_cmd(
     no_checks: bool = typer.Option(False, "--no-checks", help="Skip the suite's sanity checks."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip models without a checkpoint instead of "
                                       "failing."),
+    distributed: bool = typer.Option(False, "--distributed", help=_DIST_HELP),
 ) -> None:
     """Models x attacks x eps from a suite, into the results store; rerun to resume."""
     from ..checkpoints import checkpoint_present
@@ -198,8 +232,11 @@ def sweep_cmd(
     from ..store import ResultsStore
     from ..suites import load_suite
 
+    check_counts(n=n, seed=seed, batch_size=batch_size)
     s = load_suite(suite)
-    dev = resolve_device(device)
+    ctx = _distributed(distributed, device)
+    dev = ctx.device if ctx is not None else resolve_device(device)
+    main_rank = ctx is None or ctx.is_main
     if is_user_model_spec(models):
         names = [models]
     else:
@@ -221,15 +258,20 @@ def sweep_cmd(
             names = [m for m in names if m not in missing]
             if not names:
                 raise CheckpointError("no checkpoint for any selected model", "train them first")
+            from ..registry import load_model
+
+            for m in names:  # verify every checkpoint (sha256, format, shapes) before the store is opened
+                load_model(m, models_dir=models_dir)
     data = _data(data_dir)
     seed = s.seed if seed is None else seed
     n_eff = n or s.n or default_n(dev, len(data))
     data.subset(n_eff, seed)
     bs = batch_size or s.batch_size or default_batch_size(dev)
     checks = () if no_checks else s.checks
-    st = ResultsStore(store)
+    st = ResultsStore(store) if main_rank else None
     console.print(f"suite   {s.name}: {s.description}")
-    console.print(f"data    {data.label} ({data.source}), n={n_eff}, seed={seed}; device {dev}; store {st.path}")
+    console.print(f"data    {data.label} ({data.source}), n={n_eff}, seed={seed}; device {dev}; "
+                  f"store {st.path if st is not None else '(rank 0)'}")
     console.print(f"models  {', '.join(names)}" + ("  [bold red](UNTRAINED: random weights)[/]" if untrained else ""))
     summary: list[tuple] = []
     try:
@@ -257,7 +299,7 @@ def sweep_cmd(
                     prog.console.print(f"{info.label:<24} {a.label or a.name:<12} clean {_pct(res.clean_acc)}  {accs}  "
                                        f"({time.perf_counter() - t0:.1f} s{extra})")
                     summary.append((info.label, a.label or a.name, norm, res))
-                if checks:
+                if checks and main_rank:  # rank 0 alone; the others wait at the next model's first collective
                     n_check = min(n_eff, DEFAULT_CHECK_N.get(dev.type, 64))
                     done = st.stored_checks(model=info.name, checkpoint_sha256=info.checkpoint_sha256,
                                             dataset_digest=data.digest, n=n_check, seed=seed)
@@ -270,9 +312,13 @@ def sweep_cmd(
                                                                                           markup=False,
                                                                                           highlight=False))
     except KeyboardInterrupt:
-        st.close()
+        if st is not None:
+            st.close()
         _interrupted(st)
-    st.close()
+    finally:
+        _dist_done(ctx)
+    if st is not None:
+        st.close()
     table = Table(title=f"suite {s.name}: robust accuracy (%), n={n_eff}, {data.label}", title_justify="left")
     table.add_column("model")
     table.add_column("attack")
@@ -287,7 +333,8 @@ def sweep_cmd(
 @app.command("check")
 def check_cmd(
     model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
-    n: int = typer.Option(None, "--n", help="Examples (default: 64 on a CPU, 1000 on a GPU)."),
+    n: int = typer.Option(
+        None, "--n", "-n", "--n-examples", help="Examples (default: 64 on a CPU, 1000 on a GPU)."),
     seed: int = typer.Option(0, "--seed", help="Subset seed."),
     eps: str = typer.Option("8/255", "--eps", help="Linf eps of the PGD-10/50 and Square checks."),
     checks: str = typer.Option(None, "--checks", help="Comma-separated subset of: eval_mode, deterministic, logits, "
@@ -307,6 +354,7 @@ def check_cmd(
     from ..errors import ConfigError
     from ..evaluation import default_batch_size, parse_eps, resolve_device
 
+    check_counts(n=n, seed=seed, batch_size=batch_size)
     dev = resolve_device(device)
     e = parse_eps(eps)
     names = [c.strip() for c in checks.split(",") if c.strip()] if checks else None

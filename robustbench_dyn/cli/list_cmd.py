@@ -18,6 +18,10 @@ def list_cmd(
     from ..zoo import zoo_table
 
     df = zoo_table(pattern, models_dir)
+    if df.empty:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"no registered model matches {pattern!r}", "run `robustdyn list` for the whole zoo")
     if csv:
         console.print(df.to_csv(index=False), end="", markup=False, highlight=False)
         return

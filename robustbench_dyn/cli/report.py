@@ -36,6 +36,8 @@ def report_cmd(
     if tsne_max < 10:
         raise ConfigError(f"--tsne-max must be at least 10, got {tsne_max}", "pass e.g. --tsne-max 1000")
     only = [s.strip() for s in sections.split(",") if s.strip()] if sections else None
+    if only is not None:
+        ordered_sections(only)  # an unknown section id fails here, before the store is opened
     t0 = time.perf_counter()
     status_text = {"done": "[green]done[/]", "missing": "[yellow]missing[/]", "failed": "[red]failed[/]"}
     started: dict[str, float] = {}

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ._app import app, console, err_console
+from ._app import app, check_counts, console, err_console
 
 
 def _model_names(models: str) -> list[str]:
@@ -39,7 +39,8 @@ def _pct(v) -> str:
 def threats_cmd(
     models: str = typer.Option("static,dyconv_k4,odconv_k4,gated", "--models", help="Comma-separated registry "
                                "names or patterns, in the order of the transfer matrix."),
-    n: int = typer.Option(None, "--n", help="Examples (seeded subset). Default: 32 on a CPU (a few minutes on 2 "
+    n: int = typer.Option(
+        None, "--n", "-n", "--n-examples", help="Examples (seeded subset). Default: 32 on a CPU (a few minutes on 2 "
                           "cores for the default models), the whole test set on a GPU."),
     eps_grid: str = typer.Option("2/255,4/255,8/255", "--eps-grid", help="Linf eps grid of the energy, attention "
                                  "and adaptive studies."),
@@ -65,6 +66,7 @@ def threats_cmd(
     from ..threats import STUDIES, run_threats
     from ..threats.run import DEFAULT_CPU_N
 
+    check_counts(n=n, seed=seed, batch_size=batch_size)  # before anything is loaded or the store opened
     names = _model_names(models)
     grid = parse_eps_grid(eps_grid)
     teps = parse_eps(transfer_eps)

@@ -121,9 +121,15 @@ def run_threats(models: Sequence[str | nn.Module], *, data=None, data_dir=None, 
     log = log or (lambda s: None)
     bad = [s for s in studies if s not in STUDIES]
     if bad:
-        raise ConfigError(f"unknown threat study {bad[0]!r}", f"choose from {', '.join(STUDIES)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(bad[0]), STUDIES, n=1, cutoff=0.5)
+        raise ConfigError(f"unknown threat study {bad[0]!r}",
+                          (f"did you mean {close[0]}? " if close else "") + f"choose from {', '.join(STUDIES)}")
     if not models:
         raise ConfigError("no models given", "pass e.g. --models static,dyconv_k4,odconv_k4,gated")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}", "pass e.g. --batch-size 100")
     dev = resolve_device(device)
     if data is None:
         data, msgs = load_data(data_dir)
