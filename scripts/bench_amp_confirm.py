@@ -82,7 +82,8 @@ def main(argv=None) -> None:
             secs = time.perf_counter() - t0
             xa = torch.cat(outs)
             with torch.no_grad():
-                p32 = torch.cat([model(xa[i:i + args.batch_size]).argmax(1) for i in range(0, len(xa), args.batch_size)])
+                p32 = torch.cat([model(xa[i:i + args.batch_size]).argmax(1)
+                                 for i in range(0, len(xa), args.batch_size)])
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
                     p16 = torch.cat([model(xa[i:i + args.batch_size]).argmax(1)
                                      for i in range(0, len(xa), args.batch_size)])

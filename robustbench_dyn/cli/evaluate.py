@@ -80,8 +80,8 @@ def _open_store(store: Path | None, no_store: bool):
 
 _DIST_HELP = ("Shard the examples across the processes torchrun starts (torch.distributed; NCCL on GPUs, gloo on "
               "CPUs); rank 0 writes the store. Implied when torchrun starts more than one process: "
-              "`torchrun --nproc-per-node 4 -m robustbench_dyn sweep ...` (there write -n / --n-examples, not --n, which "
-              "torchrun's own parser takes for one of its options).")
+              "`torchrun --nproc-per-node 4 -m robustbench_dyn sweep ...` (there write -n / --n-examples, not "
+              "--n, which torchrun's own parser takes for one of its options).")
 
 
 def _distributed(flag: bool, device: str):
