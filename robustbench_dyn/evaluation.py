@@ -542,7 +542,9 @@ def evaluate(model: str | nn.Module, attack: str = "pgd", eps: float | str | Seq
     ``model``: a registry name, ``path/file.py:factory`` or an ``nn.Module`` (images in [0, 1] ->
     logits). ``n`` defaults to the whole test set on a GPU and :data:`DEFAULT_CPU_N` on a CPU.
     ``store``: a :class:`ResultsStore` or a path (results are written and resumed), None to keep
-    them in memory only (``result.examples``).
+    them in memory only (``result.examples``). In an initialised ``torch.distributed`` process group
+    the examples are sharded across the ranks and rank 0 alone writes the store (see
+    :mod:`robustbench_dyn.distributed`).
     """
     dev = resolve_device(device)
     entry = get_attack(attack)
@@ -558,6 +560,8 @@ def evaluate(model: str | nn.Module, attack: str = "pgd", eps: float | str | Seq
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}", "pass e.g. batch_size=100")
     data.subset(n, seed)  # validates n and seed before the store is opened (nothing written on bad input)
     bs = batch_size or default_batch_size(dev)
+    if distributed.current().active and not distributed.current().is_main:
+        store = None  # under torchrun (an initialised process group) rank 0 alone writes the store
     own_store = isinstance(store, (str, Path))
     st = ResultsStore(store) if own_store else store
     try:
