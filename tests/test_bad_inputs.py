@@ -310,6 +310,8 @@ CASES: list[Case] = [
          ("unknown device 'tpu'", "--device cpu")),
     Case("device-cuda-no-gpu", "CUDA asked for on a CPU-only machine", (*EV[:1], "--device", "cuda", *EV[3:], *OK),
          ("no usable CUDA GPU", "--device cpu"), skip=NO_GPU),
+    Case("distributed-no-torchrun", "--distributed outside torchrun", (*EV, *OK, "--n", "2", "--distributed"),
+         ("--distributed needs the environment torchrun sets", "torchrun --nproc-per-node")),
     # --------------------------------------------------------------------------- data
     Case("data-dir-missing", "--data-dir that does not exist", (*EV, *OK, "--n", "2", "--data-dir",
                                                                  lambda c: c.root / "nodata"), ("does not exist",)),
