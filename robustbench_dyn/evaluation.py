@@ -560,7 +560,7 @@ def evaluate(model: str | nn.Module, attack: str = "pgd", eps: float | str | Seq
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}", "pass e.g. batch_size=100")
     data.subset(n, seed)  # validates n and seed before the store is opened (nothing written on bad input)
     bs = batch_size or default_batch_size(dev)
-    if distributed.current().active and not distributed.current().is_main:
+    if not distributed.current().is_main:
         store = None  # under torchrun (an initialised process group) rank 0 alone writes the store
     own_store = isinstance(store, (str, Path))
     st = ResultsStore(store) if own_store else store
