@@ -163,12 +163,26 @@ def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], path_label: st
     return model
 
 
+def checkpoint_arch_kwargs(entry: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    """The layer version a checkpoint was trained with: the manifest's ``arch_kwargs`` when they record
+    ``attn_norm``, else read off the tensors (the first zoo's attention and gate hidden layers have an
+    ``fc1.bias`` and no BatchNorm). So every checkpoint, old or new, loads into the layers it was trained with."""
+    recorded = dict(entry.get("arch_kwargs") or {})
+    if "attn_norm" in recorded:
+        kw = {"attn_norm": bool(recorded["attn_norm"])}
+    else:
+        legacy = any(k.endswith((".attention.fc1.bias", ".gate.fc1.bias")) for k in tensors)
+        kw = {"attn_norm": not legacy}
+    kw.update(entry.get("arch_overrides", {}))
+    return kw
+
+
 def load_checkpoint(name: str, models_dir=None, device="cpu", verify: bool = True) -> nn.Module:
     from .registry import create_model
 
     mdir = Path(models_dir or default_models_dir())
     tensors, entry = read_state_dict(name, mdir, verify=verify)
-    model = create_model(name, **entry.get("arch_overrides", {}))
+    model = create_model(name, **checkpoint_arch_kwargs(entry, tensors))
     load_into(model, tensors, str(mdir / entry["file"]), name)
     model.checkpoint_sha256 = entry["sha256"]
     model.checkpoint_name = name

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .costs import count_macs, gated_cost
-from .layers import ChannelGate, DyConv2d, ODConv2d
+from .layers import ChannelGate, KernelAttention, OmniAttention
 
 _EPS = 1e-12
 
@@ -203,6 +203,26 @@ class Shift:
         return d.mean(1) if d.shape[1] else np.full(len(d), np.nan)
 
 
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, AttentionLayer]]:
+    """Every attention module of ``model`` in module order: (name of the dynamic layer, the attention
+    module whose forward output the probes read, its :class:`AttentionLayer`). Found by the attention
+    module's type, so any layer built on :class:`KernelAttention` (softmax over K kernels) or
+    :class:`OmniAttention` (ODConv's four attentions), 2-D or 1-D, is seen."""
+    out = []
+    for name, m in model.named_modules():
+        layer_name = name[: -len(".attention")] if name.endswith(".attention") else name
+        if isinstance(m, KernelAttention):
+            out.append((name, m, AttentionLayer(layer_name, "dyconv", m.num_kernels, 0)))
+        elif isinstance(m, OmniAttention):
+            out.append((name, m, AttentionLayer(layer_name, "odconv", m.K, m.spatial_fc.out_features)))
+    return out
+
+
+def gate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every :class:`ChannelGate` of ``model`` in module order: (name, module)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, ChannelGate)]
+
+
 #: model -> {"static": MACs, "gated": GatedCost}: architecture-only costs, kept while the model lives
 _COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -220,13 +240,9 @@ class DynamicsProbe:
         self.model = model
         self._attn: list[tuple[str, nn.Module, AttentionLayer]] = []
         self._gates: list[tuple[str, nn.Module]] = []
-        for name, m in model.named_modules():
-            if isinstance(m, DyConv2d):
-                self._attn.append((name, m.attention, AttentionLayer(name, "dyconv", m.K, 0)))
-            elif isinstance(m, ODConv2d):
-                self._attn.append((name, m.attention, AttentionLayer(name, "odconv", m.K, m.kernel_size ** 2)))
-            elif isinstance(m, ChannelGate):
-                self._gates.append((name, m))
+        for name, m, layer in attention_modules(model):
+            self._attn.append((name, m, layer))
+        self._gates = gate_modules(model)
         self.layers = [a[2] for a in self._attn]
         self.blocks = [g[0] for g in self._gates]
         self._cost = None

@@ -38,6 +38,8 @@ class ModelSpec:
     @property
     def arch_kwargs(self) -> dict:
         kw: dict = {"conv": self.conv, "K": self.K, "gated": self.gated}
+        if self.conv != "static" or self.gated:
+            kw["attn_norm"] = True  # layer version 2 (fixed recipes); manifests without it load version 1
         if self.arch == "cifar_resnet":
             kw["depth"] = self.depth
         return kw

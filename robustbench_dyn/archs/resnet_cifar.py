@@ -7,7 +7,9 @@
 
 Every conv inside a residual block is built by :func:`make_conv` (static / dyconv / odconv);
 the stem, the shortcuts and the classifier stay static. ``gated=True`` puts a
-:class:`ChannelGate` on each block's first conv output. Inputs are images in [0, 1]; the CIFAR-10
+:class:`ChannelGate` on each block's first conv output. ``attn_norm=True`` (the layer version of the
+fixed recipes; the registry's default) puts a BatchNorm on the hidden layer of every DyConv attention
+and gate; ``False`` is the first zoo's layer, which its checkpoints record and load. Inputs are images in [0, 1]; the CIFAR-10
 normalization is a pair of buffers inside the model. ``forward`` returns logits only.
 """
 
@@ -47,11 +49,11 @@ class PadShortcut(nn.Module):
 
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, conv: str, conv_kw: dict,
-                 gated: bool) -> None:
+                 gated: bool, attn_norm: bool = False) -> None:
         super().__init__()
         self.conv1 = make_conv(conv, in_planes, planes, 3, stride, 1, **conv_kw)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.gate = ChannelGate(in_planes, planes) if gated else None
+        self.gate = ChannelGate(in_planes, planes, norm=attn_norm) if gated else None
         self.conv2 = make_conv(conv, planes, planes, 3, 1, 1, **conv_kw)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = PadShortcut(in_planes, planes) if stride != 1 or in_planes != planes else nn.Identity()
@@ -68,12 +70,12 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int, conv: str, conv_kw: dict,
-                 gated: bool) -> None:
+                 gated: bool, attn_norm: bool = False) -> None:
         super().__init__()
         out_planes = planes * self.expansion
         self.conv1 = make_conv(conv, in_planes, planes, 1, 1, 0, **conv_kw)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.gate = ChannelGate(in_planes, planes) if gated else None
+        self.gate = ChannelGate(in_planes, planes, norm=attn_norm) if gated else None
         self.conv2 = make_conv(conv, planes, planes, 3, stride, 1, **conv_kw)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = make_conv(conv, planes, out_planes, 1, 1, 0, **conv_kw)
@@ -94,12 +96,12 @@ class Bottleneck(nn.Module):
 
 
 class _CifarResNetBase(nn.Module):
-    def _make_stages(self, block, in_planes: int, widths, blocks, strides, conv, conv_kw, gated):
+    def _make_stages(self, block, in_planes: int, widths, blocks, strides, conv, conv_kw, gated, attn_norm=False):
         stages = []
         for width, n, stride in zip(widths, blocks, strides, strict=True):
             layers = []
             for i in range(n):
-                layers.append(block(in_planes, width, stride if i == 0 else 1, conv, conv_kw, gated))
+                layers.append(block(in_planes, width, stride if i == 0 else 1, conv, conv_kw, gated, attn_norm))
                 in_planes = width * getattr(block, "expansion", 1)
             stages.append(nn.Sequential(*layers))
         return nn.Sequential(*stages), in_planes
@@ -122,17 +124,17 @@ class CifarResNet(_CifarResNetBase):
     """CIFAR ResNet-(6n+2) with basic blocks (depth 20, 32, 56, ...)."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, conv: str = "static", K: int = 1,
-                 gated: bool = False, temperature: float = 30.0) -> None:
+                 gated: bool = False, temperature: float = 30.0, attn_norm: bool = False) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, ...), got {depth}")
         n = (depth - 2) // 6
-        conv_kw = {} if conv == "static" else {"K": K, "temperature": temperature}
+        conv_kw = {} if conv == "static" else {"K": K, "temperature": temperature, "attn_norm": attn_norm}
         self.normalize = Normalize()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.layers, planes = self._make_stages(BasicBlock, 16, (16, 32, 64), (n, n, n), (1, 2, 2), conv,
-                                                conv_kw, gated)
+                                                conv_kw, gated, attn_norm)
         self.fc = nn.Linear(planes, num_classes)
         self._init()
 
@@ -141,14 +143,14 @@ class CifarResNet50(_CifarResNetBase):
     """CIFAR ResNet-50: bottlenecks [3, 4, 6, 3], 3x3 stride-1 stem, no max-pool."""
 
     def __init__(self, num_classes: int = 10, conv: str = "static", K: int = 1, gated: bool = False,
-                 temperature: float = 30.0, blocks=(3, 4, 6, 3)) -> None:
+                 temperature: float = 30.0, blocks=(3, 4, 6, 3), attn_norm: bool = False) -> None:
         super().__init__()
-        conv_kw = {} if conv == "static" else {"K": K, "temperature": temperature}
+        conv_kw = {} if conv == "static" else {"K": K, "temperature": temperature, "attn_norm": attn_norm}
         self.normalize = Normalize()
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layers, planes = self._make_stages(Bottleneck, 64, (64, 128, 256, 512), tuple(blocks),
-                                                (1, 2, 2, 2), conv, conv_kw, gated)
+                                                (1, 2, 2, 2), conv, conv_kw, gated, attn_norm)
         self.fc = nn.Linear(planes, num_classes)
         self._init()
 

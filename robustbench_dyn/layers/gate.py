@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dyconv import global_pool
+
 SURROGATES = ("none", "bpda")
 
 
@@ -29,24 +31,35 @@ class ChannelGate(nn.Module):
     """Emits (B, C) gates in {0, 1} for C channels from a block input with ``in_channels``."""
 
     def __init__(self, in_channels: int, channels: int, hidden: int = 16, init_bias: float = 0.5,
-                 tau: float = 2.0 / 3.0) -> None:
+                 tau: float = 2.0 / 3.0, norm: bool = False) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc1 = nn.Linear(in_channels, hidden, bias=not norm)
+        #: ``norm=True``: BatchNorm1d on the hidden layer (the fixed recipe; see KernelAttention)
+        self.bn = nn.BatchNorm1d(hidden) if norm else None
         self.fc2 = nn.Linear(hidden, channels)
         nn.init.constant_(self.fc2.bias, init_bias)
         self.tau = tau
+        #: scale of the logistic (Gumbel-sigmoid) noise in training: annealed towards 0 by the trainer so
+        #: that the last epochs train the rule used at eval time (hard threshold at logit 0). Not model
+        #: state: it never changes the eval-mode function.
+        self.noise = 1.0
+        self.recorders = 0  # open GateRecorders; while > 0, forward stashes its logits in last_logits
+        self.last_logits: torch.Tensor | None = None
         #: eval-time backward rule: "none" (exact: zero gradient) or "bpda" (sigmoid surrogate).
         #: An attack setting, not model state: it never changes the forward function.
         self.surrogate = "none"
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
+        h = self.fc1(global_pool(x))
+        return self.fc2(F.relu(self.bn(h) if self.bn is not None else h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.logits(x)
+        if self.recorders:  # GateRecorder reads this call's logits (recomputing would run the BatchNorm twice)
+            self.last_logits = z
         if self.training:
             u = torch.rand_like(z).clamp_(1e-6, 1 - 1e-6)
-            soft = torch.sigmoid((z + torch.log(u) - torch.log1p(-u)) / self.tau)
+            soft = torch.sigmoid((z + self.noise * (torch.log(u) - torch.log1p(-u))) / self.tau)
             hard = (soft > 0.5).to(soft.dtype)
             return hard + (soft - soft.detach())  # exactly hard forward: (s - s) == 0
         hard = (z > 0).to(z.dtype)
@@ -70,15 +83,18 @@ class GateRecorder:
         self.gates: list[torch.Tensor] = []
         self.logits: list[torch.Tensor] = []
         self._handles: list = []
+        self._gates_seen: list[ChannelGate] = []
 
     def __enter__(self) -> GateRecorder:
         for m in self.model.modules():
             if isinstance(m, ChannelGate):
                 self._handles.append(m.register_forward_hook(self._hook))
+                m.recorders += 1
+                self._gates_seen.append(m)
         return self
 
     def _hook(self, module: ChannelGate, inputs, output) -> None:
-        z = module.logits(inputs[0])  # cheap (pool + 2 tiny FCs); keeps forward unchanged
+        z = module.last_logits  # this call's logits, stashed by forward (cleared on exit)
         if self.detach:
             z, output = z.detach(), output.detach()
         self.logits.append(z)
@@ -88,6 +104,10 @@ class GateRecorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for m in self._gates_seen:
+            m.recorders -= 1
+            m.last_logits = None
+        self._gates_seen.clear()
 
     def clear(self) -> None:
         self.gates.clear()

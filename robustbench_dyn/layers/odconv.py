@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dyconv import global_pool
+
 
 class ODAttentions(NamedTuple):
     channel: torch.Tensor  # (B, C_in)
@@ -45,7 +47,7 @@ class OmniAttention(nn.Module):
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, x: torch.Tensor) -> ODAttentions:
-        h = F.relu(self.bn(self.fc(x.mean(dim=(2, 3)))))
+        h = F.relu(self.bn(self.fc(global_pool(x))))
         t = self.temperature
         if self.kernel_fc is not None:
             kernel = torch.softmax(self.kernel_fc(h) / t, dim=1)
@@ -59,7 +61,9 @@ class ODConv2d(nn.Module):
     """ODConv with K kernels (K >= 1). Bias-free (a BatchNorm follows)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, K: int = 4, reduction: float = 0.0625, temperature: float = 30.0) -> None:
+                 padding: int = 0, K: int = 4, reduction: float = 0.0625, temperature: float = 30.0,
+                 attn_norm: bool = True) -> None:
+        # attn_norm: accepted for a uniform conv-kind signature; ODConv's attention always has its BatchNorm
         super().__init__()
         if K < 1:
             raise ValueError(f"ODConv2d needs K >= 1 kernels, got K={K}")
