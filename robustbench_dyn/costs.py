@@ -11,6 +11,7 @@ everything else (stem, shortcuts, classifier, gate heads).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,9 @@ def _flops_by_module(model: nn.Module, input_size=(1, 3, 32, 32)) -> tuple[int, 
     training = [(m, m.training) for m in model.modules()]  # per module: a recursive train() would clobber them
     model.eval()
     try:
-        p = next(model.parameters())
-        x = torch.zeros(input_size, dtype=p.dtype, device=p.device)
+        p = next(itertools.chain(model.parameters(), model.buffers()), None)  # None: a model without tensors
+        x = torch.zeros(input_size, dtype=torch.float32 if p is None or not p.is_floating_point() else p.dtype,
+                        device=None if p is None else p.device)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             model(x)

@@ -203,11 +203,48 @@ class Shift:
         return d.mean(1) if d.shape[1] else np.full(len(d), np.nan)
 
 
+#: The dynamics protocol for layers of your own (README "Your own model"): a module with the attribute
+#: ``robustdyn_dynamics = "kernel_attention"`` emits (B, K) kernel-attention probabilities from forward and
+#: has ``num_kernels = K``; one with ``robustdyn_dynamics = "gate"`` emits (B, C) gates in {0, 1} and has
+#: ``num_channels = C``. Values: the attribute that must give the size.
+DYNAMICS_PROTOCOL = {"kernel_attention": "num_kernels", "gate": "num_channels"}
+
+
+def protocol_kind(m: nn.Module) -> str | None:
+    """The module's declared ``robustdyn_dynamics`` kind (None if it declares none); a ConfigError for an
+    unknown kind or a missing size attribute."""
+    kind = getattr(m, "robustdyn_dynamics", None)
+    if kind is None:
+        return None
+    from .errors import ModelContractError
+
+    if kind not in DYNAMICS_PROTOCOL:
+        import difflib
+
+        close = difflib.get_close_matches(str(kind), list(DYNAMICS_PROTOCOL), n=1, cutoff=0.5)
+        raise ModelContractError(f"{type(m).__name__}.robustdyn_dynamics = {kind!r} is not a known kind",
+                                 f"did you mean {close[0]!r}?" if close else
+                                 f"use one of {', '.join(map(repr, DYNAMICS_PROTOCOL))}")
+    attr = DYNAMICS_PROTOCOL[kind]
+    size = getattr(m, attr, None)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ModelContractError(f"{type(m).__name__} declares robustdyn_dynamics = {kind!r} but its {attr} is "
+                                 f"{size!r}", f"set self.{attr} to the size of its output's second dimension")
+    return kind
+
+
+def gate_channels(m: nn.Module) -> int:
+    """Channels of a gate module: ``num_channels`` (the protocol) or a ChannelGate's ``fc2.out_features``."""
+    size = getattr(m, "num_channels", None)
+    return int(size) if size is not None else int(m.fc2.out_features)
+
+
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, AttentionLayer]]:
     """Every attention module of ``model`` in module order: (name of the dynamic layer, the attention
     module whose forward output the probes read, its :class:`AttentionLayer`). Found by the attention
     module's type, so any layer built on :class:`KernelAttention` (softmax over K kernels) or
-    :class:`OmniAttention` (ODConv's four attentions), 2-D or 1-D, is seen."""
+    :class:`OmniAttention` (ODConv's four attentions), 2-D or 1-D, is seen; and any module declaring
+    ``robustdyn_dynamics = "kernel_attention"`` (see :data:`DYNAMICS_PROTOCOL`)."""
     out = []
     for name, m in model.named_modules():
         layer_name = name[: -len(".attention")] if name.endswith(".attention") else name
@@ -215,12 +252,17 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, AttentionL
             out.append((name, m, AttentionLayer(layer_name, "dyconv", m.num_kernels, 0)))
         elif isinstance(m, OmniAttention):
             out.append((name, m, AttentionLayer(layer_name, "odconv", m.K, m.spatial_fc.out_features)))
+        elif protocol_kind(m) == "kernel_attention":
+            out.append((name, m, AttentionLayer(layer_name, "dyconv", int(m.num_kernels), 0)))
     return out
 
 
 def gate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every :class:`ChannelGate` of ``model`` in module order: (name, module)."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, ChannelGate)]
+    """Every :class:`ChannelGate` of ``model``, and every module declaring ``robustdyn_dynamics = "gate"``,
+    in module order: (name, module)."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, ChannelGate) or (not isinstance(m, (KernelAttention, OmniAttention))
+                                              and protocol_kind(m) == "gate")]
 
 
 #: model -> {"static": MACs, "gated": GatedCost}: architecture-only costs, kept while the model lives
@@ -272,12 +314,14 @@ class DynamicsProbe:
             if "gated" not in cached:
                 cached["gated"] = gated_cost(self.model)
             self._cost = cached["gated"]
+            if len(self._cost.gated) != len(self._gates):  # gates outside the zoo's blocks: static MACs
+                self._cost = None
         return self._cost
 
     def layout(self) -> dict:
         """Where each layer's values sit in the concatenated vectors (stored with the model metadata)."""
         return {"attention": [{"name": a.name, "kind": a.kind, "K": a.K, "spatial": a.spatial} for a in self.layers],
-                "gates": [{"name": n, "channels": int(m.fc2.out_features)} for n, m in self._gates]}
+                "gates": [{"name": n, "channels": gate_channels(m)} for n, m in self._gates]}
 
     @contextlib.contextmanager
     def _hooks(self, store: dict):

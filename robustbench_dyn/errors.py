@@ -34,3 +34,9 @@ class ConfigError(RobustDynError, ValueError):
 
 class StoreError(RobustDynError):
     """Results store unreadable, foreign or from an incompatible version."""
+
+
+class ModelContractError(ConfigError):
+    """A model (yours: ``file.py:factory`` or an ``nn.Module``) that breaks the model contract
+    (:mod:`robustbench_dyn.contract`): wrong output type, shape or class count, non-finite logits, a forward
+    that raises, batch-dependent or non-differentiable outputs."""

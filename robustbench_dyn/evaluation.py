@@ -206,14 +206,27 @@ def is_user_model_spec(spec: str) -> bool:
     return bool(sep) and path.endswith(".py")
 
 
+def needs_gradients(attacks: str | Sequence[str] | None) -> bool:
+    """Whether any of ``attacks`` uses input gradients (None: assume so); ``square`` does not."""
+    if attacks is None:
+        return True
+    names = [attacks] if isinstance(attacks, str) else list(attacks)
+    return any(not getattr(get_attack(a).cls, "gradient_free", False) for a in names) or not names
+
+
 def resolve_model(spec: str | nn.Module, *, untrained: bool = False, models_dir=None,
-                  device: str | torch.device = "cpu", init_seed: int = 0) -> tuple[nn.Module, ModelInfo]:
+                  device: str | torch.device = "cpu", init_seed: int = 0,
+                  attack: str | Sequence[str] | None = None) -> tuple[nn.Module, ModelInfo]:
     """The model (on ``device``, eval mode) and its identity, from
 
     * a registry name: its trained checkpoint (sha256 verified), or with ``untrained=True`` a random
       initialisation seeded by ``init_seed`` (smoke tests; labelled untrained everywhere);
     * ``path/file.py:factory``: imports the file and calls ``factory()`` (runs user code: opt-in);
     * an ``nn.Module``: used as is (its ``checkpoint_sha256`` attribute or the sha256 of its weights).
+
+    Models of the last two kinds are checked against the model contract (:mod:`robustbench_dyn.contract`)
+    first: a :class:`~robustbench_dyn.errors.ModelContractError` names any violation. ``attack``: the
+    attack(s) that will run (gradient-free ones alone waive the gradient check).
     """
     from .registry import create_model, get_spec, load_model, resolve_name
 
@@ -235,17 +248,34 @@ def resolve_model(spec: str | nn.Module, *, untrained: bool = False, models_dir=
         else:
             model = load_model(name, models_dir=models_dir, device=device)
             info = ModelInfo(name, model.checkpoint_sha256, False, "registry", family)
+    if info.source == "module" or info.source.startswith("file:"):
+        from .contract import check_model_contract
+
+        model, _ = check_model_contract(model, device=device, need_gradients=needs_gradients(attack),
+                                        what=f"model {info.name}")
     return model.to(device).eval(), info
 
 
 # -------------------------------------------------------------------------------------------- data
 
-def load_data(data_dir=None) -> tuple[CIFAR10Data, list[str]]:
-    """The CIFAR-10 test split and the warnings raised while finding it (e.g. 'using the sample')."""
+def load_data(data_dir=None, model: str | None = None) -> tuple[CIFAR10Data, list[str]]:
+    """The test split of ``model``'s dataset (CIFAR-10 unless the model's registry spec has a
+    ``data_provider``, e.g. the ``ts_*`` series models) and the warnings raised while finding it."""
+    provider = _data_provider(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = load_cifar10("test", data_dir)
+        data = provider("test", data_dir) if provider is not None else load_cifar10("test", data_dir)
     return data, [str(w.message) for w in caught]
+
+
+def _data_provider(model: str | None):
+    """The registry spec's ``data_provider`` (``(split, data_dir) -> data``) for a registered name, else None."""
+    if not isinstance(model, str):
+        return None
+    from .registry import _ALIASES, _REGISTRY
+
+    spec = _REGISTRY.get(_ALIASES.get(model, model))
+    return getattr(spec, "data_provider", None)
 
 
 def default_n(device: torch.device, total: int) -> int:
@@ -551,9 +581,21 @@ def evaluate(model: str | nn.Module, attack: str = "pgd", eps: float | str | Seq
     grid = parse_eps_grid(eps) if isinstance(eps, (list, tuple)) or (isinstance(eps, str) and "," in eps) \
         else [parse_eps(eps)]
     entry.settings(**(settings or {}))  # fail on bad settings before loading anything
-    net, info = resolve_model(model, untrained=untrained, models_dir=models_dir, device=dev)
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    try:
+        net, info = resolve_model(model, untrained=untrained, models_dir=models_dir, device=dev, attack=attack)
+        return _evaluate_resolved(net, info, attack, grid, settings=settings, n=n, seed=seed, data=data,
+                                  data_dir=data_dir, dev=dev, batch_size=batch_size, store=store, keep_adv=keep_adv,
+                                  progress=progress)
+    finally:
+        for m, training in modes:  # a module passed in gets its train/eval mode back
+            m.training = training
+
+
+def _evaluate_resolved(net: nn.Module, info: ModelInfo, attack: str, grid: list[float], *, settings, n, seed, data,
+                       data_dir, dev, batch_size, store, keep_adv, progress) -> SweepResult:
     if data is None:
-        data, _ = load_data(data_dir)
+        data, _ = load_data(data_dir, info.name if info.source in ("registry", "untrained") else None)
     if n is None:
         n = default_n(dev, len(data))
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):

@@ -100,9 +100,16 @@ def get_spec(name: str) -> ModelSpec:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell pattern (e.g. ``'dyconv_*'``, ``'resnet50_*'``), in zoo order.
-    Several patterns may be given separated by commas."""
+    Several patterns may be given separated by commas. Models of another domain (a spec with an
+    ``opt_in_prefix``, e.g. the ``ts_*`` series models) match only patterns that start with that prefix,
+    so ``'*'`` stays the CIFAR-10 zoo (sweeps over ``'*'`` never feed images to a series model)."""
     pats = [p.strip() for p in pattern.split(",") if p.strip()] or ["*"]
-    return [n for n in _REGISTRY if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+
+    def hit(n: str, p: str) -> bool:
+        prefix = getattr(_REGISTRY[n], "opt_in_prefix", "")
+        return fnmatch.fnmatchcase(n, p) and (not prefix or p.startswith(prefix))
+
+    return [n for n in _REGISTRY if any(hit(n, p) for p in pats)]
 
 
 def create_model(name: str, **overrides) -> nn.Module:
@@ -117,3 +124,5 @@ def load_model(name: str, models_dir=None, device="cpu", verify: bool = True) ->
     from .checkpoints import load_checkpoint
 
     return load_checkpoint(resolve_name(name), models_dir=models_dir, device=device, verify=verify)
+
+from .timeseries import registration as _timeseries_registration  # noqa: E402,F401  (registers ts_* names)

@@ -15,7 +15,18 @@ from .registry import create_model, get_spec, list_models
 def model_cost(name: str) -> tuple[int, int]:
     """(params, MACs) of a registered architecture, measured once per process."""
     m = create_model(name)
-    return count_params(m), count_macs(m)
+    return count_params(m), count_macs(m, getattr(m, "input_size", (1, 3, 32, 32)))  # series models: (1, C, L)
+
+
+def audit_label(spec, entry: dict) -> str:
+    """The dynamism audit's verdict for the `audit` column: 'dynamic', 'STATIC' (a dynamic architecture
+    that behaves statically: every table marks it), 'static' for static convolutions, '' if not audited."""
+    if spec.conv == "static" and not spec.gated:
+        return "static"
+    audit = (entry or {}).get("audit")
+    if not audit:
+        return "not audited" if entry else ""
+    return "dynamic" if audit.get("verdict") == "dynamic" else "STATIC"
 
 
 def zoo_table(pattern: str = "*", models_dir=None) -> pd.DataFrame:
@@ -42,6 +53,7 @@ def zoo_table(pattern: str = "*", models_dir=None) -> pd.DataFrame:
             "MACs (M)": f"{macs / 1e6:.2f}" + (f" [{mean_macs / 1e6:.2f}]" if mean_macs else ""),
             "checkpoint": "yes" if checkpoint_present(name, mdir) else "no",
             "clean acc (%)": f"{100 * clean:.2f}" if clean is not None else "",
+            "audit": audit_label(spec, entry),
             "data": entry.get("dataset", {}).get("label", "") if entry else "",
         })
     return pd.DataFrame(rows)

@@ -32,13 +32,22 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: the epoch count is chosen after epoch 1 to fit this budget")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.2 at batch 512)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 at batch 128)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--train-subset", type=int, default=None, help="train on a seeded subset of N images")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--final-test-n", type=int, default=None, help="test images for the final accuracy (default all)")
     p.add_argument("--final-pgd-n", type=int, default=None, help="test images for the final PGD-20 of _at models")
     p.add_argument("--holdout", type=int, default=None, help="held-out training images for the per-epoch check")
+    p.add_argument("--recipe", default="v2",
+                   help="named recipe: v2 (the fixed recipe, default) or v1 (the first zoo's, for comparisons)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on the CPU (two single-thread runs side by side beat one two-thread run)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this zoo checkpoint (adversarial fine-tuning, e.g. --init-from static)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any recipe field (repeatable), e.g. --set mac_budget=0.5 --set bs_weight=3; "
+                        "the fields are those of robustbench_dyn.training.Recipe")
     p.add_argument("--note", default=None, help="free text stored with the recipe (e.g. 'short CPU recipe')")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: ROBUSTDYN_DATA, cache, download)")
     p.add_argument("--models-dir", default=None, help="where the checkpoint and manifest go (default models/)")
@@ -53,18 +62,56 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def parse_sets(items: list[str]) -> dict:
+    """``FIELD=VALUE`` pairs -> recipe overrides, each value parsed as the field's type."""
+    import dataclasses
+
+    from robustbench_dyn.errors import ConfigError
+    from robustbench_dyn.training import Recipe
+
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            close = [k for k in fields if key and key.split("_")[0] in k][:4]
+            raise ConfigError(f"--set {item!r}: no recipe field {key!r}",
+                              f"use FIELD=VALUE with a field of Recipe{' (e.g. ' + ', '.join(close) + ')' if close else ''}")
+        default = fields[key].default
+        try:
+            if value.lower() in ("none", "null"):
+                out[key] = None
+            elif isinstance(default, bool):
+                out[key] = value.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                out[key] = int(value)
+            elif isinstance(default, float) or default is None and value.replace(".", "", 1).isdigit():
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise ConfigError(f"--set {item!r}: {value!r} is not a valid {type(default).__name__}",
+                              f"pass e.g. --set {key}={default}") from None
+    return out
+
+
 def main(argv=None) -> int:
     a = parse(argv)
     import torch
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        recipe = make_recipe(a.model, adv=a.adv, epochs=a.epochs, time_budget_s=a.time_budget,
+        if a.threads is not None and a.threads < 1:
+            from robustbench_dyn.errors import ConfigError
+
+            raise ConfigError(f"--threads must be >= 1, got {a.threads}", "pass e.g. --threads 1")
+        recipe = make_recipe(a.model, a.recipe, adv=a.adv, epochs=a.epochs, time_budget_s=a.time_budget,
                              batch_size=a.batch_size, lr=a.lr, seed=a.seed, train_subset=a.train_subset,
                              max_steps=a.max_steps, final_test_n=a.final_test_n, final_pgd_n=a.final_pgd_n,
-                             holdout=a.holdout, note=a.note)
-        if device == "cpu" and not recipe.note:
-            recipe.note = "trained on the CPU"
+                             holdout=a.holdout, note=a.note, threads=a.threads, init_from=a.init_from,
+                             **parse_sets(a.set))
+        if device == "cpu" and "CPU" not in recipe.note:
+            recipe.note = (recipe.note + "; trained on the CPU").strip("; ")
         entry = train(a.model, recipe, data_dir=a.data_dir, models_dir=a.models_dir, run_dir=a.run_dir,
                       device=device, resume=not a.no_resume, save=not a.no_save,
                       epoch_sync=file_epoch_sync(a.epoch_sync) if a.epoch_sync else None,

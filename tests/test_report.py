@@ -142,6 +142,15 @@ def make_manifest(folder) -> str:
                                                                    "clean_data": LABEL, "holdout_acc": 0.7},
                         "recipe": {"holdout": 1000}, "device": "cuda (test)", "sha256": f"{name}-sha",
                         "params": 270000 * k, "macs": 40.5e6}
+    # dynamism audits (robustbench_dyn.audit): dyconv_k4 passes, gated behaves statically
+    models["dyconv_k4"]["audit"] = {"verdict": "dynamic", "n": 1000, "clean_acc": 0.74, "rule": "the rule",
+                                    "data": LABEL, "attention": {"entropy_ratio_mean": 0.7, "mean_replacement_loss": 5.0,
+                                                                 "shuffle_loss": 9.0, "layers_entropy_low_frac": 0.6,
+                                                                 "kernel_info_ratio_mean": 0.2}}
+    models["gated"] = {"name": "gated", "sha256": "gated-sha", "metrics": {"clean_acc": 0.7}, "audit": {
+        "verdict": "static", "n": 1000, "clean_acc": 0.7, "rule": "the rule", "data": LABEL,
+        "gates": {"conditional_frac": 0.02, "majority_mask_loss": -0.3, "gate_class_mi_bits": 0.01,
+                  "executed_macs_ratio": 0.26}}}
     (folder / "manifest.json").write_text(json.dumps({"format": 1, "models": models}))
     return str(folder)
 
@@ -151,20 +160,21 @@ def full_report(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     store = make_store(d / "store.sqlite")
     # the built-in sections only: extension modules (*_sections.py) test their own
-    rep = build_report(store, d / "out", models_dir=make_manifest(d / "models"), strict=True, sections=BUILTIN)
+    rep = build_report(store, d / "out", models_dir=make_manifest(d / "models"), strict=True,
+                       sections=(*BUILTIN, "audit"))
     return rep
 
 
 def test_full_report_has_every_section(full_report):
     rep = full_report
     assert rep.failed == {} and rep.missing == {}, (rep.missing, rep.failed)
-    assert rep.built == list(BUILTIN)
+    assert rep.built == sorted((*BUILTIN, "audit"), key=lambda sid: (SECTIONS[sid].order, sid))
     md = rep.index_md.read_text()
-    for sid in BUILTIN:
+    for sid in rep.built:
         assert re.search(rf"^## \d+\. {re.escape(SECTIONS[sid].title)}$", md, re.M), sid
     # header: store, data label, JPEG caveat, devices, n per model
     assert "store.sqlite" in md and LABEL in md and "below published CIFAR-10" in md
-    assert "**Devices:** cpu" in md and f"static {N}" in md and f"gated {N}" in md
+    assert "**Devices:** cpu" in md and f"static {N}" in md and f"gated [STATIC by audit] {N}" in md
     # main table: the standard-eps columns, latency, an n and data column
     for col in ("FGSM @ 8/255 (%)", "PGD-20 @ 8/255 (%)", "AutoAttack @ 8/255 (%)", "PGD-20 L2 @ 0.5 (%)",
                 "latency (ms)", "| n | data |"):
@@ -199,7 +209,7 @@ def test_full_report_files(full_report):
     assert html.count("data:image/png;base64,") == len(pngs)
     assert "<table>" in html and "figures/" not in html.split("<body>")[1].replace('href="figures', "")
     meta = json.loads((rep.out / "report.json").read_text())
-    assert meta["sections"] == list(BUILTIN) and meta["files"] == rep.files
+    assert meta["sections"] == rep.built and meta["files"] == rep.files
 
 
 def test_main_table_numbers_match_store(full_report):
@@ -214,7 +224,7 @@ def test_main_table_numbers_match_store(full_report):
     assert math.isclose(row["PGD-20 @ 8/255"], r.robust_acc)
     assert row["PGD-20 @ 8/255 ci_lo"] <= r.robust_acc <= row["PGD-20 @ 8/255 ci_hi"]
     assert math.isclose(row["clean_acc"], r.clean_acc) and str(row["n"]) == str(N)
-    g = t[t.model == "gated"].iloc[0]
+    g = t[t.model == "gated [STATIC by audit]"].iloc[0]  # the audit's verdict marks the model in every table
     assert math.isclose(g["macs_M"], 22.0) and math.isclose(g["macs_full_density_M"], 40.5)
 
 
@@ -419,3 +429,15 @@ def test_markdown_to_html(tmp_path):
     assert '<td style="text-align:left">a | b</td>' in html and '<th style="text-align:right">acc (%)</th>' in html
     assert "<ul><li>one</li><li>two</li></ul>" in html and "<ol><li>first</li>" in html
     assert "<blockquote>" in html and 'src="data:image/png;base64,' in html
+
+
+def test_audit_section_and_marks(full_report):
+    import pandas as pd
+
+    md = full_report.index_md.read_text()
+    audit = md.split("Dynamism audit", 2)[-1].split("\n## ")[0]
+    assert "Rule: the rule." in audit and "**gated**" in audit and "| dyconv_k4 |" in audit
+    assert "calls 1 of 2 audited dynamic model(s) static (gated)" in md
+    t = pd.read_csv(full_report.out / "tables" / "audit.csv")
+    assert list(t.model) == ["dyconv_k4", "gated"] and list(t.verdict) == ["dynamic", "static"]
+    assert "gated [STATIC by audit]" in md and "dyconv_k4 [" not in md

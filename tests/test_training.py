@@ -13,16 +13,21 @@ import torch
 
 from robustbench_dyn import load_model
 from robustbench_dyn.checkpoints import read_manifest
+from robustbench_dyn.costs import gated_cost
+from robustbench_dyn.registry import create_model
 from robustbench_dyn.errors import ConfigError
 from robustbench_dyn.training import (
     DeviceLoader,
     Recipe,
-    _gate_weights,
+    _gate_schedule,
     _lr_at,
     _temperature,
+    catastrophic_overfit,
     fgsm_rs,
     file_epoch_sync,
+    mac_ratio,
     make_recipe,
+    param_groups,
     train,
 )
 
@@ -74,10 +79,49 @@ def test_schedules():
     assert _lr_at(10, 10, 100, 0.2) == pytest.approx(0.2)
     assert _lr_at(100, 10, 100, 0.2) == pytest.approx(0.0, abs=1e-12)
     r = Recipe(epochs=10)
-    assert _temperature(0, r) == 30.0 and _temperature(r.temp_anneal_epochs, r) == 1.0
-    assert _temperature(2.5, r) == pytest.approx(30 - 29 * 2.5 / r.temp_anneal_epochs)
-    assert _gate_weights(0.0, r) == (r.bs_weight, 0.0)
-    assert _gate_weights(1.0, r) == (0.0, r.l0_weight)
+    assert _temperature(0, r) == 30.0 and _temperature(r.temp_anneal_frac, r) == 1.0
+    assert _temperature(0.05, r) == pytest.approx(30 - 29 * 0.05 / r.temp_anneal_frac)
+    assert _temperature(0.999, r) == 1.0  # exactly temp_end after the anneal: the shipped value
+    assert _gate_schedule(0.0, r) == (r.bs_weight, r.gate_noise_start)
+    assert _gate_schedule(1.0, r) == (0.0, r.gate_noise_end)
+    bs, noise = _gate_schedule(0.5, r)
+    assert bs == r.bs_weight and noise == pytest.approx(0.5)
+
+
+def test_no_weight_decay_on_attention_and_gates():
+    for name, attn_types in (("dyconv_k2", "attention"), ("gated", "gate")):
+        model = create_model(name)
+        decay, no_decay = param_groups(model, 5e-4)
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+        assert not any(f".{attn_types}." in names[id(p)] for p in decay["params"])
+        assert any(f".{attn_types}." in names[id(p)] and p.ndim == 2 for p in no_decay["params"])
+        # the convolution kernels (DyConv's K kernels included) still decay
+        assert any(p.ndim >= 4 for p in decay["params"])
+        old_decay, _ = param_groups(model, 5e-4, no_decay_dynamic=False)
+        assert any(f".{attn_types}." in names[id(p)] for p in old_decay["params"])
+
+
+def test_mac_ratio_tracks_gate_density():
+    model = create_model("gated")
+    cost = gated_cost(model)
+    n_blocks = len(cost.gated)
+    full = [torch.ones(4, 16) for _ in range(n_blocks)]
+    half = [torch.full((4, 16), 0.5) for _ in range(n_blocks)]
+    assert mac_ratio(full, cost).item() == pytest.approx(1.0)
+    r = mac_ratio(half, cost).item()
+    assert r == pytest.approx((cost.base + 0.5 * sum(cost.gated)) / cost.full, rel=1e-6) and r < 1.0
+    p = torch.full((4, 16), 0.9, requires_grad=True)
+    mac_ratio([p] * n_blocks, cost).backward()
+    assert p.grad is not None and (p.grad > 0).all()  # more open gates, more MACs
+
+
+def test_catastrophic_overfitting_rule():
+    # 2000 held-out images: a 2-point dip is noise, a 10-point collapse is catastrophic overfitting
+    assert not catastrophic_overfit(0.40, 0.38, 2000, 4.0)
+    assert catastrophic_overfit(0.40, 0.30, 2000, 4.0)
+    assert catastrophic_overfit(0.40, 0.02, 2000, 4.0)
+    assert not catastrophic_overfit(0.40, 0.45, 2000, 4.0)
 
 
 def test_fgsm_rs_stays_in_ball():
@@ -160,7 +204,7 @@ def test_train_script_cpu_smoke(tiny_data, tmp_models_dir, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "static: clean_acc=" in out.stdout
-    assert read_manifest(tmp_models_dir)["static"]["recipe"]["note"] == "trained on the CPU"
+    assert read_manifest(tmp_models_dir)["static"]["recipe"]["note"] == "recipe v2; trained on the CPU"
     bad = subprocess.run(cmd[:3] + ["static_typo", "--epochs", "1", "--data-dir", str(tiny_data)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown model" in bad.stderr and "Traceback" not in bad.stderr

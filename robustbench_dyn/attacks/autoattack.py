@@ -62,6 +62,7 @@ class SquareAdapter(Attack):
     defaults = {"n_queries": 5000, "p_init": 0.8, "restarts": 1, "norm": "Linf", "seed": 0}
     choices = {"norm": ("Linf", "L2")}
     description = "Square, black-box random search (pyautoattack)"
+    gradient_free = True  # the model contract waives its gradient check when only such attacks run
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from pyautoattack.square import SquareAttack

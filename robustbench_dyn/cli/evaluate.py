@@ -43,18 +43,27 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
-def _load(model: str, untrained: bool, models_dir, dev):
+def _load(model: str, untrained: bool, models_dir, dev, attack=None):
+    import warnings
+
     from ..evaluation import is_user_model_spec, resolve_model
 
     if is_user_model_spec(model):
         console.print(f"[yellow]importing and running user code: {model}[/]")
-    return resolve_model(model, untrained=untrained, models_dir=models_dir, device=dev)
+    from ..contract import ModelContractWarning
+
+    with warnings.catch_warnings(record=True) as caught:  # the model contract's warnings: one line each
+        warnings.simplefilter("always", ModelContractWarning)
+        out = resolve_model(model, untrained=untrained, models_dir=models_dir, device=dev, attack=attack)
+    for w in caught:
+        err_console.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+    return out
 
 
-def _data(data_dir):
+def _data(data_dir, model: str | None = None):
     from ..evaluation import load_data
 
-    data, msgs = load_data(data_dir)
+    data, msgs = load_data(data_dir, model)
     for m in msgs:
         err_console.print(f"warning: {m}", markup=False, highlight=False, soft_wrap=True)
     return data
@@ -109,7 +118,8 @@ def _dist_done(ctx) -> None:
 def evaluate_cmd(
     model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
     attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name: fgsm, pgd, pgd-l2, pgd-ce, pgd-dlr, "
-                               "autoattack, square."),
+                               "autoattack, square; or `corruptions` (the 15 CIFAR-10-C corruptions x 5 severities) "
+                               "or `corruption:NAME[,NAME]`."),
     eps: str = typer.Option(None, "--eps", help="One eps, e.g. 8/255 (default: 8/255 Linf, 0.5 L2)."),
     eps_grid: str = typer.Option(None, "--eps-grid", help="Comma-separated eps grid, e.g. 0,2/255,4/255,8/255."),
     n: int = typer.Option(
@@ -127,8 +137,23 @@ def evaluate_cmd(
     untrained: bool = typer.Option(False, "--untrained", help="Evaluate a randomly initialised registry model "
                                    "(smoke tests; labelled untrained in output and store)."),
     distributed: bool = typer.Option(False, "--distributed", help=_DIST_HELP),
+    severity: str = typer.Option(None, "--severity", help="Corruptions only: severity 1-5, or a list '1,3,5' "
+                                 "(default: all five)."),
 ) -> None:
     """Robust accuracy of one model under one attack at one eps or over an eps grid."""
+    from ..corruptions.evaluate import is_corruption_attack
+
+    if is_corruption_attack(attack):  # common corruptions: robustbench_dyn.corruptions
+        from ..corruptions.cli import evaluate_corruptions_cmd
+
+        return evaluate_corruptions_cmd(model=model, attack=attack, severity=severity, eps=eps, eps_grid=eps_grid,
+                                        setting=setting, n=n, seed=seed, data_dir=data_dir, store=store,
+                                        no_store=no_store, device=device, batch_size=batch_size,
+                                        models_dir=models_dir, untrained=untrained, distributed=distributed)
+    if severity is not None:
+        from ..errors import ConfigError
+
+        raise ConfigError("--severity applies to corruptions only", "pass --attack corruptions or corruption:NAME")
     from ..attacks import get_attack
     from ..errors import ConfigError
     from ..evaluation import (
@@ -151,8 +176,8 @@ def evaluate_cmd(
         raise ConfigError("--eps and --eps-grid were both given", "pass one of them")
     grid = parse_eps_grid(eps_grid) if eps_grid is not None else [parse_eps(eps if eps is not None else
                                                                             ("8/255" if norm == "Linf" else 0.5))]
-    net, info = _load(model, untrained, models_dir, dev)
-    data = _data(data_dir)
+    net, info = _load(model, untrained, models_dir, dev, attack=attack)
+    data = _data(data_dir, info.name if info.source in ("registry", "untrained") else None)
     if n is None:
         n = default_n(dev, len(data))
         if dev.type == "cpu" and n < len(data):
@@ -163,6 +188,8 @@ def evaluate_cmd(
     st = _open_store(store, no_store or (ctx is not None and not ctx.is_main))
     console.print(f"model   {_model_line(info)}")
     console.print(f"data    {data.label} ({data.source}), n={n}, seed={seed}")
+    if getattr(data, "eps_note", None):  # time series: what eps means in the series' own units
+        console.print(f"[dim]{data.eps_note}[/]")
     eps_text = ", ".join(eps_label(e, norm) for e in grid)
     console.print(f"attack  {attack} ({norm}): {_settings_text(settings)}; eps {eps_text}; device {dev}")
     try:

@@ -25,8 +25,8 @@ def list_cmd(
     if csv:
         console.print(df.to_csv(index=False), end="", markup=False, highlight=False)
         return
-    table = Table(title="robustbench_dyn zoo (MACs per 32x32 image; gated: at full density, executed mean in "
-                        "brackets)")
+    table = Table(title="robustbench_dyn zoo (MACs per 32x32 image, ts_*: per series; gated: at full density, "
+                        "executed mean in brackets)")
     for col in df.columns:
         table.add_column(col, justify="right" if col not in ("name", "family", "checkpoint", "data") else "left")
     for row in df.itertuples(index=False):

@@ -1,12 +1,14 @@
 """Dynamic layers: DyConv2d, ODConv2d, ChannelGate (+ losses) and the conv factory."""
 
 from .dyconv import DyConv2d, KernelAttention
+from .dyconv1d import ChannelGate1d, DyConv1d, ODConv1d, OmniAttention1d, make_conv1d
 from .factory import CONV_KINDS, make_conv
 from .gate import ChannelGate, GateRecorder, batch_shaping_loss, beta_cdf, l0_loss
 from .odconv import ODAttentions, ODConv2d, OmniAttention
 
 __all__ = [
-    "CONV_KINDS", "ChannelGate", "DyConv2d", "GateRecorder", "KernelAttention", "ODAttentions", "ODConv2d",
+    "CONV_KINDS", "ChannelGate", "ChannelGate1d", "DyConv1d", "ODConv1d", "OmniAttention1d", "make_conv1d",
+    "DyConv2d", "GateRecorder", "KernelAttention", "ODAttentions", "ODConv2d",
     "OmniAttention", "batch_shaping_loss", "beta_cdf", "l0_loss", "make_conv", "set_temperature",
     "set_dyconv_mode",
 ]

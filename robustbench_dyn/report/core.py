@@ -365,9 +365,36 @@ class ReportContext:
         return model_meta(model, fam if isinstance(fam, str) else None)
 
     def label(self, model: str) -> str:
-        """The model's display name ('gated (untrained)' for random weights)."""
+        """The model's display name: 'gated (untrained)' for random weights, and a dynamic architecture that
+        the dynamism audit calls static is marked 'dyconv_k4 [STATIC by audit]' (or '[not audited]')."""
         r = self.runs[self.runs.model == model]
-        return f"{model} (untrained)" if len(r) and bool(r.untrained.max()) else model
+        if len(r) and bool(r.untrained.max()):
+            return f"{model} (untrained)"
+        mark = self.audit_mark(model)
+        return f"{model} [{mark}]" if mark else model
+
+    def audit(self, model: str) -> dict | None:
+        """The manifest's dynamism audit of the checkpoint this store evaluated (None when the manifest has
+        no audit, or audited another checkpoint than the one in the store)."""
+        entry = self.manifest.get(model) or {}
+        audit = entry.get("audit")
+        if not audit:
+            return None
+        r = self.runs[self.runs.model == model]
+        shas = set(r.checkpoint_sha256.dropna()) if len(r) and "checkpoint_sha256" in r else set()
+        if shas and entry.get("sha256") not in shas:
+            return None
+        return audit
+
+    def audit_mark(self, model: str) -> str:
+        """'' for a static architecture or an audited dynamic one; else 'STATIC by audit' / 'not audited'."""
+        meta = self.meta(model)
+        if not meta.dynamic or meta.family == "other":
+            return ""
+        audit = self.audit(model)
+        if audit is None:
+            return "not audited"
+        return "" if audit.get("verdict") == "dynamic" else "STATIC by audit"
 
     def style(self, model: str) -> dict:
         return model_style(model)

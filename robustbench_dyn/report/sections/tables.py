@@ -113,7 +113,7 @@ def main_table(ctx: ReportContext) -> SectionResult:
         devs = sorted(set(ctx.models_table.latency_device.dropna().astype(str)))
         foot.append(f"Latency measured on {', '.join(devs)}.")
     else:
-        foot.append("Latency: not measured in this store (`robustdyn bench` records it).")
+        foot.append("Latency: not measured in this store (see the Cost section).")
     if not cols:
         foot.append("No attack ran at the standard eps (8/255 L∞ or 0.5 L2): the table holds clean accuracy only.")
     md += ["", " ".join(foot), "", f"Tables: {ctx.md_csv(csv, 'main_table.csv')}"
