@@ -191,7 +191,7 @@ def audit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
             with intervene(attn_mods, shuffle(everything)):
                 acc_shuf = _acc(_forward_all(model, x, batch_size)[0], y)
             layers = []
-            for i, (name, _, layer) in enumerate(attn):
+            for i, (_name, _, layer) in enumerate(attn):
                 kern = a_outs[i][-1].numpy() if layer.kind == "odconv" else a_outs[i][0].numpy()
                 K = kern.shape[1]
                 row: dict = {"layer": layer.name, "kind": layer.kind, "K": K}

@@ -6,6 +6,12 @@ file is checked against the manifest before the tensors are read. ``models/manif
     {"format": 1, "models": {NAME: {"file", "sha256", "arch", "arch_kwargs", "recipe", "seed",
                                     "dataset": {"id", "label", "digest"}, "metrics", "params",
                                     "macs", "device", "wall_time_s", "versions", ...}}}
+
+Storage precision: ResNet-20 checkpoints are float32. The ResNet-50 family (~90 M parameters for DyConv/ODConv,
+~360 MB in float32) is stored with its parameters in bfloat16 (``save_checkpoint(dtype="auto")``, half the
+size); buffers (BatchNorm statistics, attention temperatures, the input normalisation) stay float32. The entry
+then records ``"storage_dtype": "bfloat16"``, and loading casts every tensor back to float32, so a loaded model
+computes in float32 with weights rounded to bfloat16 (8 significant bits). The sha256 is of the file as stored.
 """
 
 from __future__ import annotations
@@ -98,17 +104,56 @@ def state_dict_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(model: nn.Module, name: str, info: dict, models_dir=None) -> dict:
-    """Write ``NAME.safetensors`` atomically and record it (with its sha256) in the manifest."""
+#: storage precisions a checkpoint's parameters can be written in (``save_checkpoint(dtype=...)``)
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_storage_dtype(name: str) -> str:
+    """``"bfloat16"`` for the ResNet-50 family (checkpoint size), ``"float32"`` for everything else."""
+    from .registry import get_spec
+
+    try:
+        return "bfloat16" if get_spec(name).arch == "cifar_resnet50" else "float32"
+    except Exception:  # names outside the registry (time-series models, users' own)
+        return "float32"
+
+
+def _storage_dtype(name: str, dtype) -> str:
+    if dtype is None or dtype == "auto":
+        return default_storage_dtype(name)
+    key = str(dtype).removeprefix("torch.")
+    if key not in STORAGE_DTYPES:
+        raise CheckpointError(f"unknown checkpoint storage dtype {dtype!r}",
+                              f"use one of {', '.join(STORAGE_DTYPES)} or 'auto'")
+    return key
+
+
+def save_checkpoint(model: nn.Module, name: str, info: dict, models_dir=None, dtype="auto") -> dict:
+    """Write ``NAME.safetensors`` atomically and record it (with its sha256) in the manifest.
+
+    ``dtype``: storage precision of the floating-point *parameters* ("float32", "bfloat16", "float16", or
+    "auto" = :func:`default_storage_dtype`); buffers are always written as they are. A non-float32 storage is
+    recorded in the entry as ``storage_dtype`` and undone at load (:func:`read_state_dict` returns float32).
+    """
+    storage = _storage_dtype(name, dtype)
+    tensors = state_dict_tensors(model)
+    if storage != "float32":
+        target = STORAGE_DTYPES[storage]
+        named = getattr(model, "named_parameters", None)
+        params = {k for k, _ in named()} if callable(named) else set(tensors)
+        tensors = {k: v.to(target) if k in params and v.dtype == torch.float32 else v for k, v in tensors.items()}
     mdir = Path(models_dir or default_models_dir())
     mdir.mkdir(parents=True, exist_ok=True)
     path = mdir / f"{name}.safetensors"
     fd, tmp = tempfile.mkstemp(dir=mdir, prefix=f".{name}.", suffix=".safetensors")
     os.close(fd)
-    save_file(state_dict_tensors(model), tmp, metadata={"name": name, "format": "robustdyn-1"})
+    save_file(tensors, tmp, metadata={"name": name, "format": "robustdyn-1", "storage_dtype": storage})
     os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
-    entry = {**info, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    entry = {k: v for k, v in info.items() if k != "storage_dtype"}
+    if storage != "float32":
+        entry["storage_dtype"] = storage
+    entry.update({"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size})
     update_manifest(name, entry, mdir)
     return entry
 
@@ -138,6 +183,8 @@ def read_state_dict(name: str, models_dir=None, verify: bool = True) -> tuple[di
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e})",
                               f"restore it (`git checkout {path}`) or retrain it") from None
+    # reduced-precision storage (entry["storage_dtype"], e.g. the ResNet-50 family's bfloat16): compute in float32
+    tensors = {k: v.float() if v.dtype in (torch.bfloat16, torch.float16) else v for k, v in tensors.items()}
     return tensors, entry
 
 

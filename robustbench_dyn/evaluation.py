@@ -272,10 +272,13 @@ def _data_provider(model: str | None):
     """The registry spec's ``data_provider`` (``(split, data_dir) -> data``) for a registered name, else None."""
     if not isinstance(model, str):
         return None
-    from .registry import _ALIASES, _REGISTRY
+    from .errors import UnknownModelError
+    from .registry import get_spec
 
-    spec = _REGISTRY.get(_ALIASES.get(model, model))
-    return getattr(spec, "data_provider", None)
+    try:
+        return getattr(get_spec(model), "data_provider", None)
+    except UnknownModelError:
+        return None
 
 
 def default_n(device: torch.device, total: int) -> int:

@@ -546,7 +546,7 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
         history[kept_epoch - 1]["kept"] = True
     if dynamic:
         temps = {float(m.temperature) for m in model.modules() if hasattr(m, "temperature")
-                 and isinstance(getattr(m, "temperature"), torch.Tensor)}
+                 and isinstance(m.temperature, torch.Tensor)}
         if temps != {float(r.temp_end)}:
             log(f"[{name}] warning: the kept state has attention temperature {sorted(temps)}, not {r.temp_end}")
     for p_ in model.parameters():

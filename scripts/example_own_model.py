@@ -9,9 +9,10 @@ What it shows:
    (no robustbench_dyn layers needed; models built on robustbench_dyn.layers are seen automatically);
 2. the model contract: forward maps (N, 3, 32, 32) images in [0, 1] to (N, 10) logits, the normalisation
    lives inside the model as buffers;
-3. ``benchmark(model, attacks=..., eps=..., n=..., store=...)``: one row per attack and eps (clean and
+3. the dynamism audit (``robustbench_dyn.audit.audit_model``) on the held-out images;
+4. ``benchmark(model, attacks=..., eps=..., n=..., store=...)``: one row per attack and eps (clean and
    robust accuracy with Wilson 95% intervals), written to a results store;
-4. ``robustdyn report --store OUT/results.sqlite --out OUT/report``: the report of that store.
+5. ``robustdyn report --store OUT/results.sqlite --out OUT/report``: the report of that store.
 
 For a quick run the model trains for a few seconds on 400 images of the bundled CIFAR-10 sample and is
 evaluated on the 100 held-out ones (its accuracy is far from a real model's; train properly for real numbers).
@@ -92,7 +93,7 @@ class MyChannelGate(nn.Module):
 class MyDynamicCNN(nn.Module):
     """stem conv -> dynamic conv (gated channels) -> conv -> pool -> linear; 10 logits."""
 
-    def __init__(self, width: int = 16, num_kernels: int = 4) -> None:
+    def __init__(self, width: int = 8, num_kernels: int = 4) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
@@ -129,8 +130,8 @@ def train_quickly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("example_own_model"), help="folder for the store and report")
-    ap.add_argument("--n", type=int, default=64, help="held-out images to evaluate (at most 100)")
-    ap.add_argument("--steps", type=int, default=150, help="SGD steps of the quick training")
+    ap.add_argument("--n", type=int, default=32, help="held-out images to evaluate (at most 100)")
+    ap.add_argument("--steps", type=int, default=60, help="SGD steps of the quick training")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-report", action="store_true", help="skip `robustdyn report`")
     args = ap.parse_args(argv)
@@ -147,18 +148,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"probes: {len(probe.layers)} attention layer(s) {[(a.name, a.K) for a in probe.layers]}, "
           f"{len(probe.blocks)} gate module(s) {probe.layout()['gates']}")
 
-    # >>> lead: audit call. When robustbench_dyn.audit.audit_model exists, the example calls it here. <<<
-    try:
-        from robustbench_dyn.audit import audit_model
-    except ImportError:
-        audit_model = None
-    if audit_model is not None:
-        xa, ya = held_out.tensors(np.arange(min(args.n, 100)))
-        print("audit:", audit_model(model, xa, ya))
+    # the dynamism audit sees the protocol layers too: is the model really dynamic?
+    from robustbench_dyn.audit import audit_model, summary_row
+
+    xa, ya = held_out.tensors()
+    audit = audit_model(model, xa, ya)
+    print(f"audit: {audit['verdict']} ({audit.get('why', '')})", {k: v for k, v in summary_row(audit).items()
+                                                                  if v is not None and k != "verdict"})
 
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "results.sqlite"
-    df = benchmark(model, attacks=["fgsm", ("pgd", {"steps": 10})], eps=["2/255", "8/255"], n=args.n,
+    df = benchmark(model, attacks=["fgsm", ("pgd", {"steps": 5})], eps=["2/255", "8/255"], n=args.n,
                    data=held_out, device=args.device, store=store, name="my_dynamic_cnn")
     with np.printoptions(precision=3):
         print(df[["model", "attack", "eps_label", "clean_acc", "robust_acc", "robust_ci_low", "robust_ci_high", "n",

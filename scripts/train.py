@@ -75,8 +75,9 @@ def parse_sets(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
             close = [k for k in fields if key and key.split("_")[0] in k][:4]
+            hint = f" (e.g. {', '.join(close)})" if close else ""
             raise ConfigError(f"--set {item!r}: no recipe field {key!r}",
-                              f"use FIELD=VALUE with a field of Recipe{' (e.g. ' + ', '.join(close) + ')' if close else ''}")
+                              f"use FIELD=VALUE with a field of Recipe{hint}")
         default = fields[key].default
         try:
             if value.lower() in ("none", "null"):

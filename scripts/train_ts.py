@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--commit-seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--models-dir", default=None)
     p.add_argument("--metrics-only", action="store_true",
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
                 "metrics": {"clean_acc": stored_acc, "clean_acc_fp32": committed_acc,
                             "seeds_test_acc_mean": float(accs.mean()), "seeds_test_acc_std": float(accs.std(ddof=1))
                             if len(accs) > 1 else 0.0, "seeds": runs},
-                "storage": "int8 kernel banks (per-output-channel scale folded into the next BatchNorm), "
+                "storage": "int8 block-conv weights (per-output-channel scale folded into the next BatchNorm), "
                            "float16 weights, float32 BatchNorm statistics; loads as float32",
                 "params": count_params(model), "macs": int(_COSTS[model]["static"]),
                 "device": "cpu", "wall_time_s": float(sum(x["seconds"] for x in runs)),

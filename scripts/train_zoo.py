@@ -2,6 +2,7 @@
 """Train the whole ResNet-20 zoo in one command (all runs concurrently on one GPU by default).
 
     python scripts/train_zoo.py --device cuda --time-budget 420 --data-dir DATA
+    python scripts/train_zoo.py --device cpu --epochs 30          # CPU: one single-thread run per core
     python scripts/train_zoo.py --device cpu --epochs 1 --train-subset 2048 --jobs 1   # short CPU recipe
 
 Standard models share one recipe and one epoch count, adversarially trained (`_at`) models another:
@@ -30,7 +31,9 @@ ADVERSARIAL = ["static_at", "dyconv_k4_at", "odconv_k4_at", "gated_at"]
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(STANDARD + ADVERSARIAL), help="comma-separated zoo names")
-    p.add_argument("--jobs", type=int, default=None, help="concurrent runs (default: all on cuda, 1 on cpu)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="concurrent runs (default: all on cuda; one single-thread run per core on cpu, which "
+                        "measured 1.26x the throughput of one two-thread run on the 2-core CPU)")
     p.add_argument("--time-budget", type=float, default=None, help="training seconds per standard model")
     p.add_argument("--at-time-budget", type=float, default=None, help="training seconds per _at model "
                                                                        "(default: --time-budget)")
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     names = [n.strip() for n in a.models.split(",") if n.strip()]
-    jobs = a.jobs or (len(names) if device == "cuda" else 1)
+    jobs = a.jobs or (len(names) if device == "cuda" else max(1, os.cpu_count() or 1))
     runs = Path(a.runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
     groups = {"standard": [n for n in names if not n.endswith("_at")], "at": [n for n in names if n.endswith("_at")]}
@@ -68,6 +71,8 @@ def main(argv=None) -> int:
             cmd += ["--time-budget", str(budgets[g]), "--epoch-sync", str(sync_dirs[g])]
         if a.no_resume:
             cmd.append("--no-resume")
+        if device == "cpu" and "--threads" not in passthrough:
+            cmd += ["--threads", str(max(1, (os.cpu_count() or 1) // jobs))]
         if a.deadline_s:
             cmd += ["--deadline", str(t_start + a.deadline_s)]
         return cmd + passthrough
@@ -111,8 +116,10 @@ def main(argv=None) -> int:
     failed = [n for n, rc in done.items() if rc != 0]
     from robustbench_dyn.checkpoints import read_manifest
 
-    manifest = read_manifest()
-    print(f"\n{'model':14s} {'clean':>7s} {'pgd20':>7s} {'gate dens':>9s} {'epochs':>6s} {'wall s':>7s}  device")
+    mdir = passthrough[passthrough.index("--models-dir") + 1] if "--models-dir" in passthrough else None
+    manifest = read_manifest(mdir)
+    print(f"\n{'model':14s} {'clean':>7s} {'pgd20':>7s} {'gate dens':>9s} {'epochs':>6s} {'wall s':>7s} {'audit':>8s}  "
+          "device")
     for n in names:
         e = manifest.get(n)
         if not e:
@@ -121,8 +128,9 @@ def main(argv=None) -> int:
         m = e["metrics"]
         pgd = f"{m['pgd20_acc']:.4f}" if "pgd20_acc" in m else ""
         dens = f"{m['mean_gate_density']:.3f}" if "mean_gate_density" in m else ""
-        print(f"{n:14s} {m['clean_acc']:7.4f} {pgd:>7s} {dens:>9s} {e['epochs']:6d} {e['wall_time_s']:7.0f}  "
-              f"{e['device']}")
+        verdict = (e.get("audit") or {}).get("verdict", "")
+        print(f"{n:14s} {m['clean_acc']:7.4f} {pgd:>7s} {dens:>9s} {e['epochs']:6d} {e['wall_time_s']:7.0f} "
+              f"{verdict:>8s}  {e['device']}")
     print(json.dumps({"failed": failed, "total_wall_s": round(time.time() - t0, 1)}))
     return 1 if failed else 0
 

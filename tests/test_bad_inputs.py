@@ -217,6 +217,14 @@ RP = ("report", "--out", out)
 SUITE_OK = '[[attacks]]\nname = "fgsm"\neps = ["8/255"]\n'
 PLAIN_MODEL = "from torch import nn\n\ndef make():\n    return nn.Flatten()\n"
 
+
+def user_net(forward: str, init: str = "") -> Arg:
+    """A user model file: a linear classifier whose forward returns ``forward`` (h: its (N, 10) logits)."""
+    return user("import torch\nimport torch.nn.functional as F\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+                "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(3 * 32 * 32, 10)\n"
+                f"{init}\n    def forward(self, x):\n        h = self.fc(x.flatten(1))\n        return {forward}\n\n\n"
+                "def make():\n    return Net()\n")
+
 CASES: list[Case] = [
     # --------------------------------------------------------------------------- names
     Case("model-misspelled", "misspelled model name", (*EV, "--model", "dyconf_k4", "--untrained"),
@@ -243,6 +251,37 @@ CASES: list[Case] = [
          (*EV, "--model", user("x = 1\n")), ("has no function 'make'",)),
     Case("user-model-not-module", "user factory returning no nn.Module",
          (*EV, "--model", user("def make():\n    return 42\n")), ("returned int, not an nn.Module",)),
+    # the model contract (issue 18): checked before any attack runs
+    Case("user-model-tuple", "user model returning a tuple", (*EV, "--model", user_net("h, x")),
+         ("returns a tuple of 2", "LogitsOnly(model, 0)")),
+    Case("user-model-dict", "user model returning a dict", (*EV, "--model", user_net("{'logits': h}")),
+         ("returns a dict (keys 'logits')",)),
+    Case("user-model-classes", "user model with 100 classes", (*EV, "--model", user_net("h.repeat(1, 10)")),
+         ("100 logits per image, but CIFAR-10 has 10 classes",)),
+    Case("user-model-one-score", "user model returning (N,) scores", (*EV, "--model", user_net("h[:, 0]")),
+         ("one score per image",)),
+    Case("user-model-labels", "user model returning argmax labels", (*EV, "--model", user_net("h.argmax(1)")),
+         ("int64 values", "class labels")),
+    Case("user-model-nan", "user model with NaN logits", (*EV, "--model", user_net("h * float('nan')")),
+         ("non-finite logits (NaN)",)),
+    Case("user-model-log0", "user model with inf logits on a black image",
+         (*EV, "--model", user_net("h + torch.log(x).amin((1, 2, 3))[:, None]")), ("non-finite logits (inf)",)),
+    Case("user-model-raises", "user model whose forward raises", (*EV, "--model", user_net("h @ h")),
+         ("forward raised RuntimeError",)),
+    Case("user-model-fp16-logits", "user model returning float16 logits", (*EV, "--model", user_net("h.half()")),
+         ("float16 logits", "logits.float()")),
+    Case("user-model-batch-stats", "user model normalising with batch statistics (BatchNorm in train mode)",
+         (*EV, "--model", user_net("h - h.mean(0)")),
+         ("depend on the other images in its batch",)),
+    Case("user-model-no-grad", "user model computing logits under torch.no_grad", (*EV, "--model", user_net(
+        "h.detach()")), ("not differentiable", "--attack square")),
+    Case("user-model-quantised", "user model quantising its input (zero gradient)",
+         (*EV, "--model", user_net("self.fc((x * 8).round().flatten(1) / 8)")), ("exactly zero", "100% robust")),
+    Case("user-model-fixed-device", "user model with a tensor outside its buffers on another device",
+         (*EV, "--model", user_net("h + self.w", "        self.w = torch.zeros(10, device='meta')")),
+         ("meta", "register_buffer")),
+    Case("user-model-dynamics-typo", "custom layer with an unknown robustdyn_dynamics kind",
+         (*EV, "--model", user_net("h", "        self.fc.robustdyn_dynamics = 'gates'")), ("did you mean 'gate'",)),
     Case("check-name-misspelled", "misspelled check name", ("check", "--device", "cpu", *OK, "--checks", "logitz"),
          ("unknown check 'logitz'", "did you mean logits")),
     Case("report-section-misspelled", "misspelled report section", (*RP, "--sections", "main_tabel"),
@@ -458,9 +497,23 @@ LIB_CASES: list[LibCase] = [
     LibCase("lib-threats-study", "run_threats(['static'], studies=['energyy'])",
             lambda c, _: _rd("threats").run_threats(["static"], studies=["energyy"], store=c.store), ConfigError,
             ("unknown threat study",)),
+    LibCase("lib-benchmark-tuple-model", "benchmark(model returning a tuple, store=PATH)",
+            lambda c, _: _rd().benchmark(_TupleModel(), attacks="fgsm", n=2, device="cpu", store=c.store),
+            RobustDynError, ("returns a tuple of 2",)),
+    LibCase("lib-contract-not-module", "check_model_contract(a function, not an nn.Module)",
+            lambda c, _: _rd().check_model_contract(lambda x: x), RobustDynError, ("not a torch.nn.Module",)),
     LibCase("lib-report-no-store", "build_report(missing store)",
             lambda c, _: _rd("report").build_report(c.store, c.out()), StoreError, ("no results store",)),
 ]
+
+
+class _TupleModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)), x
 
 
 def _rd(module: str = ""):

@@ -107,10 +107,17 @@ def _contract(model, **kw):
     return net, report, [str(w.message) for w in caught if issubclass(w.category, ModelContractWarning)]
 
 
-def test_good_model_passes_silently_and_keeps_its_mode():
-    from tests._tiny import trained_model
+def tiny() -> nn.Module:
+    """An untrained ResNet-8 (seeded): a real CNN with BatchNorm, fast."""
+    from robustbench_dyn import create_model
 
-    model = trained_model().train()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return create_model("static", depth=8)
+
+
+def test_good_model_passes_silently_and_keeps_its_mode():
+    model = tiny().train()
     net, report, warned = _contract(model)
     assert net is model and warned == [] and report.differentiable and report.deterministic
     assert report.was_training and all(m.training for m in model.modules())  # mode restored
@@ -157,10 +164,11 @@ def test_logits_only_wrapper_fixes_tuple_and_dict_models():
 
 
 def test_global_rng_untouched():
+    model = Lin()  # (its initialisation draws from the RNG)
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    _contract(Lin())
+    _contract(model)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -244,9 +252,9 @@ def test_protocol_mistakes_are_clear():
 
 def test_evaluate_accepts_a_module_checks_it_and_restores_its_mode():
     from robustbench_dyn import evaluate
-    from tests._tiny import sample, trained_model
+    from tests._tiny import sample
 
-    model = trained_model().train()
+    model = tiny().train()
     r = evaluate(model, "fgsm", "8/255", n=8, data=sample(), device="cpu")
     assert r.n == 8 and 0 <= r.robust_acc[8 / 255] <= r.clean_acc
     assert all(m.training for m in model.modules())

@@ -64,7 +64,7 @@ def test_dyconv_matches_per_sample_reference(K, stride, cin, cout, rng):
     ref = dyconv_reference(layer, x)
     with torch.no_grad():
         outs = {}
-        for mode in ("dense", "grouped"):
+        for mode in ("dense", "grouped", "bmm"):
             set_dyconv_mode(layer, mode)
             outs[mode] = layer(x)
             assert outs[mode].shape == ref.shape == (3, cout, 12 // stride, 12 // stride)
@@ -88,7 +88,7 @@ def test_dyconv_attention_is_softmax_of_fc_over_temperature(K, rng):
     assert torch.allclose(a(x).sum(1), torch.ones(2))
 
 
-@pytest.mark.parametrize("mode", ["dense", "grouped"])
+@pytest.mark.parametrize("mode", ["dense", "grouped", "bmm"])
 @pytest.mark.parametrize("K", [2, 4])
 def test_dyconv_with_equal_kernels_is_static_conv(mode, K, rng):
     layer = DyConv2d(8, 16, 3, 2, 1, K=K, mode=mode)
@@ -111,6 +111,49 @@ def test_dyconv_gradients_reach_kernels_and_attention(rng):
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
     assert x.grad.abs().sum() > 0
+
+
+def _outputs_and_grads(layer: torch.nn.Module, x: torch.Tensor, mode: str):
+    """Training-mode output, and the gradients of a random projection w.r.t. the input and every parameter."""
+    layer.mode = mode
+    layer.zero_grad(set_to_none=True)
+    xa = x.clone().requires_grad_(True)
+    y = layer(xa)
+    proj = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (y * proj).sum().backward()
+    grads = {"input": xa.grad}
+    grads.update({n: p.grad for n, p in layer.named_parameters()})
+    return y.detach(), grads
+
+
+# (cin, cout, stride, size): ResNet-20's three stages and a stride-2 conv; the 8x8 outputs run "auto" as dense
+PATH_SHAPES = [(16, 16, 1, 16), (16, 32, 2, 16), (32, 32, 1, 8), (3, 8, 1, 6)]
+
+
+@pytest.mark.parametrize("cin,cout,stride,size", PATH_SHAPES)
+@pytest.mark.parametrize("mode", ["dense", "bmm", "auto"])
+def test_dyconv_modes_agree_with_grouped_in_fp32_with_gradients(mode, cin, cout, stride, size, rng):
+    layer = DyConv2d(cin, cout, 3, stride, 1, K=4, attn_norm=True)
+    _randomize_(layer, rng)
+    set_temperature(layer, 1.0)
+    x = torch.randn(4, cin, size, size, generator=rng)
+    y0, g0 = _outputs_and_grads(layer, x, "grouped")
+    y1, g1 = _outputs_and_grads(layer, x, mode)
+    assert _max_err(y0, y1) < TOL
+    for name in g0:
+        assert _max_err(g0[name], g1[name]) < TOL * max(1.0, g0[name].abs().max().item()), name
+
+
+def test_dyconv_auto_is_dense_for_small_outputs_on_cpu(rng):
+    from robustbench_dyn.layers.dyconv import CPU_DENSE_MAX_PIXELS
+
+    layer = DyConv2d(8, 8, 3, 1, 1, K=2)
+    assert layer.mode == "auto"
+    assert layer.resolve_mode(torch.zeros(1, 8, 8, 8)) == "dense" and CPU_DENSE_MAX_PIXELS == 64
+    assert layer.resolve_mode(torch.zeros(1, 8, 16, 16)) == "grouped"
+    assert DyConv2d(8, 8, 3, 2, 1, K=2).resolve_mode(torch.zeros(1, 8, 16, 16)) == "dense"  # 8x8 out
+    set_dyconv_mode(layer, "bmm")
+    assert layer.resolve_mode(torch.zeros(1, 8, 8, 8)) == "bmm"
 
 
 def test_dyconv_rejects_bad_arguments():
@@ -188,6 +231,35 @@ def test_odconv_with_unit_attentions_is_static_conv_with_summed_kernel(K, stride
         y = layer(x)
         ref = F.conv2d(x, layer.weight.sum(0), None, stride, 1)
     assert _max_err(y, ref) < TOL
+
+
+@pytest.mark.parametrize("cin,cout,stride,size", PATH_SHAPES)
+@pytest.mark.parametrize("mode", ["folded", "bmm", "auto"])
+def test_odconv_modes_agree_with_grouped_in_fp32_with_gradients(mode, cin, cout, stride, size, rng):
+    layer = ODConv2d(cin, cout, 3, stride, 1, K=4)  # train mode: BatchNorm1d on batch statistics
+    _randomize_(layer, rng)
+    set_temperature(layer, 1.0)
+    x = torch.randn(4, cin, size, size, generator=rng)
+    y0, g0 = _outputs_and_grads(layer, x, "grouped")
+    y1, g1 = _outputs_and_grads(layer, x, mode)
+    assert _max_err(y0, y1) < TOL
+    for name in g0:
+        assert _max_err(g0[name], g1[name]) < TOL * max(1.0, g0[name].abs().max().item()), name
+    layer.eval()
+    with torch.no_grad():
+        assert _max_err(layer(x), odconv_reference(layer, x)) < TOL
+
+
+def test_odconv_auto_folds_where_the_kernel_is_smaller_than_the_activation():
+    assert ODConv2d(16, 16, 3, 1, 1).mode == "auto"
+    assert ODConv2d(16, 16, 3, 1, 1).plan(torch.zeros(1, 16, 32, 32)) == (True, True, False)
+    assert ODConv2d(16, 32, 3, 2, 1).plan(torch.zeros(1, 16, 32, 32)) == (True, True, False)
+    assert ODConv2d(32, 32, 3, 1, 1).plan(torch.zeros(1, 32, 16, 16)) == (False, False, False)
+    assert ODConv2d(64, 64, 3, 1, 1).plan(torch.zeros(1, 64, 8, 8)) == (False, False, False)
+    layer = ODConv2d(16, 16, 3, 1, 1)
+    layer.mode = "loop"
+    with pytest.raises(ValueError, match="mode"):
+        layer(torch.zeros(2, 16, 4, 4))
 
 
 def test_odconv_rejects_k0():

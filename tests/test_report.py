@@ -143,10 +143,10 @@ def make_manifest(folder) -> str:
                         "recipe": {"holdout": 1000}, "device": "cuda (test)", "sha256": f"{name}-sha",
                         "params": 270000 * k, "macs": 40.5e6}
     # dynamism audits (robustbench_dyn.audit): dyconv_k4 passes, gated behaves statically
+    attention = {"entropy_ratio_mean": 0.7, "mean_replacement_loss": 5.0, "shuffle_loss": 9.0,
+                 "layers_entropy_low_frac": 0.6, "kernel_info_ratio_mean": 0.2}
     models["dyconv_k4"]["audit"] = {"verdict": "dynamic", "n": 1000, "clean_acc": 0.74, "rule": "the rule",
-                                    "data": LABEL, "attention": {"entropy_ratio_mean": 0.7, "mean_replacement_loss": 5.0,
-                                                                 "shuffle_loss": 9.0, "layers_entropy_low_frac": 0.6,
-                                                                 "kernel_info_ratio_mean": 0.2}}
+                                    "data": LABEL, "attention": attention}
     models["gated"] = {"name": "gated", "sha256": "gated-sha", "metrics": {"clean_acc": 0.7}, "audit": {
         "verdict": "static", "n": 1000, "clean_acc": 0.7, "rule": "the rule", "data": LABEL,
         "gates": {"conditional_frac": 0.02, "majority_mask_loss": -0.3, "gate_class_mi_bits": 0.01,

@@ -14,8 +14,8 @@ import torch
 from robustbench_dyn import load_model
 from robustbench_dyn.checkpoints import read_manifest
 from robustbench_dyn.costs import gated_cost
-from robustbench_dyn.registry import create_model
 from robustbench_dyn.errors import ConfigError
+from robustbench_dyn.registry import create_model
 from robustbench_dyn.training import (
     DeviceLoader,
     Recipe,

@@ -9,8 +9,8 @@ Every conv inside a residual block is built by :func:`make_conv` (static / dycon
 the stem, the shortcuts and the classifier stay static. ``gated=True`` puts a
 :class:`ChannelGate` on each block's first conv output. ``attn_norm=True`` (the layer version of the
 fixed recipes; the registry's default) puts a BatchNorm on the hidden layer of every DyConv attention
-and gate; ``False`` is the first zoo's layer, which its checkpoints record and load. Inputs are images in [0, 1]; the CIFAR-10
-normalization is a pair of buffers inside the model. ``forward`` returns logits only.
+and gate; ``False`` is the first zoo's layer, which its checkpoints record and load. Inputs are images in
+[0, 1]; the CIFAR-10 normalization is a pair of buffers inside the model. ``forward`` returns logits only.
 """
 
 from __future__ import annotations

@@ -22,10 +22,12 @@ def set_temperature(model, value: float) -> None:
 
 
 def set_dyconv_mode(model, mode: str) -> None:
-    """Switch every DyConv2d between the exact "grouped" and "dense" computations ("auto": dense on
-    CUDA, grouped elsewhere)."""
-    if mode not in ("auto", "grouped", "dense"):
-        raise ValueError(f"mode must be 'auto', 'grouped' or 'dense', got {mode!r}")
+    """Switch every DyConv2d between its exact computations ("grouped", "dense", "bmm"; "auto": dense on
+    CUDA, on the CPU dense for small outputs and grouped otherwise; see layers/dyconv.py)."""
+    from .dyconv import MODES
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     for m in model.modules():
         if isinstance(m, DyConv2d):
             m.mode = mode

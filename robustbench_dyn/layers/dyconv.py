@@ -11,11 +11,18 @@ Two exact ways to compute it for a batch, selected by ``mode``:
 * ``"dense"``: run the K kernels as one dense conv with K*C_out output channels and take the
   attention-weighted sum (conv is linear in its weight). Cost: K convs, but dense cuDNN/oneDNN kernels.
 
-Which one is faster depends on the device: ``scripts/bench_layers.py`` measures both. Measured
-(2026-11-22): on an H100, dense runs an attack step 1.4-2.4x faster than grouped (cuDNN's grouped
-convolution with one group per example is slow); on a 2-core CPU, grouped runs PGD 3.4x faster than
-dense (dense does K times the arithmetic). ``"auto"`` (the default) therefore picks dense on CUDA
-and grouped elsewhere; both are exact, so the mode never changes the function.
+* ``"bmm"``: aggregate one kernel per example and run it as one batched GEMM on the unfolded input
+  (``F.unfold`` + ``torch.bmm``). Cost: static FLOPs, plus the k*k-times larger unfolded input.
+
+Which one is faster depends on the device and the layer: ``scripts/bench_layers.py`` and
+``scripts/bench_cpu_paths.py`` measure them. Measured (2026-11-22): on an H100, dense runs an attack
+step 1.4-2.4x faster than grouped (cuDNN's grouped convolution with one group per example is slow); on a
+2-core CPU, grouped runs PGD 3.4x faster than dense (dense does K times the arithmetic). On the CPU the
+grouped convolution has little work per group once the output is small: at 8x8 outputs (ResNet-20's
+last stage) dense trains 2x faster in bf16 (session 3, BENCHMARKS.md "CPU paths"). ``"auto"`` (the
+default) therefore picks dense on CUDA and, elsewhere, dense for outputs of at most
+``CPU_DENSE_MAX_PIXELS`` pixels and grouped above; bmm is slower on the CPU at every ResNet-20 shape and
+is there to be measured on GPUs. All are exact, so the mode never changes the function.
 
 The attention temperature is a registered buffer, so it is saved with the checkpoint and a trained
 model never silently runs at the initial temperature.
@@ -29,7 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("auto", "grouped", "dense")
+MODES = ("auto", "grouped", "dense", "bmm")
+#: on the CPU, "auto" runs dense when the output has at most this many pixels (H_out * W_out), else grouped
+CPU_DENSE_MAX_PIXELS = 64
+
+
+def out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel_size) // stride + 1
 
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:
@@ -99,11 +112,22 @@ class DyConv2d(nn.Module):
         w = attn @ self.weight.reshape(self.K, -1)
         return w.reshape(B, self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
 
+    def resolve_mode(self, x: torch.Tensor) -> str:
+        """The computation this input runs ("auto" resolved by device and output size)."""
+        if self.mode != "auto":
+            return self.mode
+        if x.is_cuda:
+            return "dense"
+        ho, wo = (out_size(s, self.kernel_size, self.stride, self.padding) for s in x.shape[-2:])
+        return "dense" if ho * wo <= CPU_DENSE_MAX_PIXELS else "grouped"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn = self.attention(x)
-        mode = self.mode if self.mode != "auto" else ("dense" if x.is_cuda else "grouped")
+        mode = self.resolve_mode(x)
         if mode == "dense":
             return self._dense(x, attn)
+        if mode == "bmm":
+            return self._bmm(x, attn)
         return self._grouped(x, attn)
 
     def _dense(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -111,8 +135,18 @@ class DyConv2d(nn.Module):
         w = self.weight.reshape(self.K * self.out_channels, self.in_channels, self.kernel_size,
                                 self.kernel_size)
         y = F.conv2d(x, w, None, self.stride, self.padding)
-        y = y.reshape(B, self.K, self.out_channels, y.shape[-2], y.shape[-1])
-        return torch.einsum("bk,bkohw->bohw", attn.to(y.dtype), y)
+        ho, wo = y.shape[-2:]
+        # attention-weighted sum over the K outputs as one batched (1 x K) @ (K x C_out*H*W) product
+        y = torch.bmm(attn.to(y.dtype).unsqueeze(1), y.reshape(B, self.K, -1))
+        return y.reshape(B, self.out_channels, ho, wo)
+
+    def _bmm(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        k = self.kernel_size
+        ho, wo = out_size(H, k, self.stride, self.padding), out_size(W, k, self.stride, self.padding)
+        cols = F.unfold(x, k, padding=self.padding, stride=self.stride)  # (B, C*k*k, ho*wo)
+        w = self.aggregate(attn).reshape(B, self.out_channels, C * k * k)
+        return torch.bmm(w.to(cols.dtype), cols).reshape(B, self.out_channels, ho, wo)
 
     def _grouped(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape

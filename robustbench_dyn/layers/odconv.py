@@ -8,8 +8,22 @@ Four input-dependent attentions computed from one squeeze-excite style trunk
 * spatial  a_s (B, k*k)       sigmoid(z / T)   scales the kernel's spatial positions
 * kernel   a_w (B, K)         softmax(z / T)   mixes the K kernels (absent for K = 1)
 
-``y = a_f * conv(a_c * x, sum_k a_w[k] * (a_s (.) W_k))``, computed batched as one grouped
-convolution with the batch folded into the groups. The temperature is a registered buffer.
+``y = a_f * conv(a_c * x, sum_k a_w[k] * (a_s (.) W_k))``, computed batched. The temperature is a
+registered buffer. Exact computations, selected by the ``mode`` attribute (not a constructor argument,
+so checkpoints and the conv-kind signature are unchanged):
+
+* ``"grouped"``: scale x by a_c, one grouped convolution with the batch folded into the groups and the
+  per-example kernels ``a_s (.) sum_k a_w[k] W_k``, scale the output by a_f (the paper's order);
+* ``"folded"``: the same grouped convolution, with a_c and a_f folded into the per-example kernel
+  (``W[b, o, c] * a_f[b, o] * a_c[b, c]``: a_c and a_f are per-channel scalings, so this is exact)
+  instead of scaling the activations;
+* ``"bmm"``: a_c and a_f on the activations, the per-example kernels as one batched GEMM on the
+  unfolded input (``F.unfold`` + ``torch.bmm``): static FLOPs; to be measured on GPUs;
+* ``"auto"`` (default): grouped on CUDA (the only path measured there so far); elsewhere grouped,
+  folding each of a_c and a_f into the kernel where that touches fewer elements than scaling the
+  activation does (a_c: C_out*k*k < H*W of the input; a_f: C_in*k*k < H*W of the output). On the
+  2-core CPU that folds both in ResNet-20's first stage (and its first stride-2 conv) and neither
+  later; measured in BENCHMARKS.md "CPU paths (session 3)".
 """
 
 from __future__ import annotations
@@ -20,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dyconv import global_pool
+from .dyconv import global_pool, out_size
+
+MODES = ("auto", "grouped", "folded", "bmm")
 
 
 class ODAttentions(NamedTuple):
@@ -74,6 +90,7 @@ class ODConv2d(nn.Module):
             nn.init.kaiming_normal_(self.weight[k], mode="fan_out", nonlinearity="relu")
         self.attention = OmniAttention(in_channels, out_channels, kernel_size, K, reduction,
                                        temperature=temperature)
+        self.mode = "auto"  # one of MODES; exact either way (see the module docstring)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -85,12 +102,41 @@ class ODConv2d(nn.Module):
         w = (att.kernel @ self.weight.reshape(self.K, -1)).reshape(B, self.out_channels, self.in_channels, k, k)
         return w * att.spatial.reshape(B, 1, 1, k, k)
 
+    def plan(self, x: torch.Tensor) -> tuple[bool, bool, bool]:
+        """(fold a_c into the kernel, fold a_f into the kernel, use unfold + bmm) for this input."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "grouped" or (self.mode == "auto" and x.is_cuda):
+            return False, False, False
+        if self.mode == "folded":
+            return True, True, False
+        if self.mode == "bmm":
+            return False, False, True
+        H, W = x.shape[-2:]
+        kk = self.kernel_size * self.kernel_size
+        ho, wo = (out_size(s, self.kernel_size, self.stride, self.padding) for s in (H, W))
+        return self.out_channels * kk < H * W, self.in_channels * kk < ho * wo, False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         att = self.attention(x)
+        fold_c, fold_f, bmm = self.plan(x)
         B, C, H, W = x.shape
-        x = x * att.channel.to(x.dtype).reshape(B, C, 1, 1)
-        w = self.aggregate(att).to(x.dtype)
-        w = w.reshape(B * self.out_channels, C, self.kernel_size, self.kernel_size)
-        y = F.conv2d(x.reshape(1, B * C, H, W), w, None, self.stride, self.padding, groups=B)
-        y = y.reshape(B, self.out_channels, y.shape[-2], y.shape[-1])
-        return y * att.filter.to(y.dtype).reshape(B, self.out_channels, 1, 1)
+        O, k = self.out_channels, self.kernel_size
+        w = self.aggregate(att)
+        if fold_c:
+            w = w * att.channel.reshape(B, 1, C, 1, 1)
+        else:
+            x = x * att.channel.to(x.dtype).reshape(B, C, 1, 1)
+        if fold_f:
+            w = w * att.filter.reshape(B, O, 1, 1, 1)
+        if bmm:
+            ho, wo = out_size(H, k, self.stride, self.padding), out_size(W, k, self.stride, self.padding)
+            cols = F.unfold(x, k, padding=self.padding, stride=self.stride)  # (B, C*k*k, ho*wo)
+            y = torch.bmm(w.reshape(B, O, C * k * k).to(cols.dtype), cols).reshape(B, O, ho, wo)
+        else:
+            w = w.to(x.dtype).reshape(B * O, C, k, k)
+            y = F.conv2d(x.reshape(1, B * C, H, W), w, None, self.stride, self.padding, groups=B)
+            y = y.reshape(B, O, y.shape[-2], y.shape[-1])
+        if fold_f:
+            return y
+        return y * att.filter.to(y.dtype).reshape(B, O, 1, 1)

@@ -38,6 +38,7 @@ OUT = Path("reports") / "timeseries"
 #: Wang, Yan and Oates (2017), Table 1 (error rates, UCR 2015 archive, best-of-run), and Ismail Fawaz et al.
 #: (2019), "Deep learning for time series classification: a review", Table (mean over 10 runs, UCR 2018).
 #: BasicMotions (UEA multivariate) is in neither; Ruiz et al. (2021) report ResNet 100 % on it.
+#: NOTE: transcribed without the tables at hand (offline); check them against the papers before citing.
 PUBLISHED = {
     "GunPoint": {"Wang2017 FCN": 100.0, "Wang2017 ResNet": 99.3, "Fawaz2019 ResNet": 99.1},
     "ArrowHead": {"Fawaz2019 FCN": 84.3, "Fawaz2019 ResNet": 84.5},

@@ -7,13 +7,13 @@ attention temperature goes 30 -> 1 linearly over the first 10 % of the steps, th
 batch-shaping loss toward Beta(0.6, 0.4) plus a hinge on the mean gate probability above the budget 0.6,
 the Gumbel noise annealed 1 -> 0 so that training ends on the eval rule (logit > 0).
 
-Storage (:func:`compact_tensors`), to keep the 16 ``ts_*`` checkpoints under 25 MB: the K-kernel banks
-of the dynamic layers as int8 with one scale s_o per output channel, which the following BatchNorm
-absorbs exactly (bank x s_o, running mean x s_o, running variance x s_o^2: a conv output channel, and its
-DyConv/ODConv mixture, is linear in that channel's kernels, so only the int8 rounding changes the
-function), everything else in float16, BatchNorm statistics and scalar buffers in float32. Loading casts
-back to float32. The accuracy of the stored weights is measured after the round trip and recorded next to
-the float32 accuracy.
+Storage (:func:`compact_tensors`), to keep the 16 ``ts_*`` checkpoints under 25 MB: the weights of the
+nine block convolutions (the K-kernel banks of the dynamic layers, the static kernels otherwise) as int8
+with one scale s_o per output channel, which the following BatchNorm absorbs exactly (weights x s_o,
+running mean x s_o, running variance x s_o^2: a conv output channel, and its DyConv/ODConv mixture, is
+linear in that channel's kernels, so only the int8 rounding changes the function), everything else in
+float16, BatchNorm statistics and scalar buffers in float32. Loading casts back to float32. The accuracy
+of the stored weights is measured after the round trip and recorded next to the float32 accuracy.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ INT8_MAX = 127.0
 
 @dataclass
 class TSRecipe:
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 16
     lr: float = 1e-3
     temp_start: float = 30.0
@@ -123,12 +123,14 @@ def compact_tensors(model: TSResNet) -> dict[str, torch.Tensor]:
     names = {m: n for n, m in model.named_modules()}
     bank_keys = set()
     for conv, bn in model.conv_bn_pairs():
-        if not hasattr(conv, "K"):
-            continue
         cn, bnn = names[conv], names[bn]
-        w = sd[f"{cn}.weight"].double()  # (K, C_out, C_in, k): one scale per output channel, shared by the K kernels
-        s = INT8_MAX / w.abs().amax(dim=(0, 2, 3)).clamp(min=1e-12)
-        sd[f"{cn}.weight"] = (w * s[None, :, None, None]).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+        w = sd[f"{cn}.weight"].double()  # (K, C_out, C_in, k) or static (C_out, C_in, k)
+        out_dim = 1 if w.ndim == 4 else 0  # one scale per output channel (shared by a bank's K kernels)
+        dims = tuple(d for d in range(w.ndim) if d != out_dim)
+        s = INT8_MAX / w.abs().amax(dim=dims).clamp(min=1e-12)
+        shape = [1] * w.ndim
+        shape[out_dim] = -1
+        sd[f"{cn}.weight"] = (w * s.reshape(shape)).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
         sd[f"{bnn}.running_mean"] = (sd[f"{bnn}.running_mean"].double() * s).float()
         sd[f"{bnn}.running_var"] = (sd[f"{bnn}.running_var"].double() * s * s).float()
         bank_keys.add(f"{cn}.weight")
