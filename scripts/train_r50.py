@@ -226,7 +226,8 @@ def train_cmd(a, passthrough: list[str]) -> int:
         Path(a.report).write_text(json.dumps(report, indent=1))
     cmd = [sys.executable, str(ROOT / "scripts" / "train_zoo.py"), "--models", ",".join(models), "--device", device,
            "--epochs", str(epochs), "--deadline-s", str(max(1.0, until - time.time())),
-           "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--holdout", str(a.holdout), *passthrough]
+           "--runs-dir", a.runs_dir, "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--holdout", str(a.holdout),
+           *passthrough]
     print("+ " + " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 
@@ -299,6 +300,7 @@ def main(argv=None) -> int:
                          "(ODConv's per-example grouped convolution was 3x slower in bf16 than fp32 on the H100)")
     pt.add_argument("--memory-frac", type=float, default=0.8,
                     help="share of the GPU memory the four runs' calibrated peaks may fill together")
+    pt.add_argument("--runs-dir", default="runs/r50", help="resumable state and logs of the runs (train_zoo.py)")
     pt.add_argument("--report", default=None, help="write the calibration and the chosen epochs as JSON here")
     ps = sub.add_parser("smoke", help="2 CPU training steps per model through scripts/train.py, timed")
     ps.add_argument("--models", default=",".join(MODELS))

@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     p.add_argument("--at-epochs", type=int, default=None, help="fixed epochs for _at models (default --epochs)")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="stop every run's training this many seconds after the start (best state kept)")
+    p.add_argument("--at-from-standard", action="store_true",
+                   help="adversarial fine-tuning: each _at model starts from its standard twin's checkpoint "
+                        "(--init-from, Jeddi et al. 2020); the _at runs start once every standard run has finished")
+    p.add_argument("--at-lr", type=float, default=None, help="peak learning rate of the _at runs (default: --lr)")
     p.add_argument("--device", default=None)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--no-resume", action="store_true")
@@ -69,6 +73,10 @@ def main(argv=None) -> int:
             cmd += ["--epochs", str(epochs)]
         else:
             cmd += ["--time-budget", str(budgets[g]), "--epoch-sync", str(sync_dirs[g])]
+        if g == "at" and a.at_from_standard:
+            cmd += ["--init-from", name[: -len("_at")]]
+        if g == "at" and a.at_lr is not None:
+            cmd += ["--lr", str(a.at_lr)]
         if a.no_resume:
             cmd.append("--no-resume")
         if device == "cpu" and "--threads" not in passthrough:
@@ -80,11 +88,14 @@ def main(argv=None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1" if jobs > 1 else "2"),
            "PYTHONUNBUFFERED": "1"}
     t_start = time.time()
-    pending, running, done = list(names), {}, {}
+    pending, running, done = sorted(names, key=lambda n: n.endswith("_at")), {}, {}
     t0 = time.time()
     decided: set[str] = set()
     while pending or running:
         while pending and len(running) < jobs:
+            if a.at_from_standard and pending[0].endswith("_at") and any(
+                    not n.endswith("_at") for n in list(running) + pending):
+                break  # the _at runs need their standard twins' checkpoints
             name = pending.pop(0)
             log = open(runs / f"{name}.log", "w")
             running[name] = (subprocess.Popen(command(name), stdout=log, stderr=subprocess.STDOUT, env=env), log)

@@ -206,3 +206,24 @@ def test_report_puts_resnet50_rows_next_to_their_static_twin(tmp_path):
     seg = findings[0].split("resnet50_dyconv_k4 loses", 1)[1].split(";", 1)[0]
     assert "than static" not in seg
     assert "resnet50_odconv_k4" in md and "pt vs resnet50_static" in md
+
+
+# ------------------------------------------------------------------------------------ the GPU script's arithmetic
+
+def test_epoch_and_precision_choice():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("train_r50", REPO / "scripts" / "train_r50.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # the four share one GPU: an epoch of the group costs the sum of the four
+    assert mod.choose_epochs({"a": 10.0, "b": 30.0}, 200.0, 1.0, 200) == 5
+    assert mod.choose_epochs({"a": 10.0, "b": 30.0}, 200.0, 1.2, 200) == 4
+    assert mod.choose_epochs({"a": 500.0}, 200.0, 1.2, 200) == 1  # at least one epoch (the deadline guards)
+    assert mod.choose_epochs({"a": 0.1}, 200.0, 1.0, 30) == 30
+    calib = {"bf16": {"s": (5.0, 10.0), "o": (200.0, 50.0)}, "fp32": {"s": (8.0, 20.0), "o": (60.0, 100.0)}}
+    assert mod.choose_precision(calib, 130.0) == "fp32"  # faster, and fits
+    assert mod.choose_precision(calib, 100.0) == "bf16"  # fp32 would not fit together
+    assert mod.choose_precision(calib, 10.0) == "bf16"  # nothing fits: the smaller footprint
