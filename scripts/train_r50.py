@@ -95,8 +95,10 @@ def prepare(dest: Path, source: Path, margin: int) -> int:
     print(f"travels: checkout {tree / 2**20:.1f} MiB + {rel or dest} {carried / 2**20:.1f} MiB = "
           f"{total / 2**20:.1f} MiB of {LIMIT / 2**20:.0f} MiB (margin {(LIMIT - total) / 2**20:.1f} MiB)")
     if total + margin > LIMIT:
-        print("error: the checkout plus the carried folder exceed the device tool's 64 MiB. Fix: make room in "
-              "the checkout (untracked files count) or carry less", file=sys.stderr)
+        print(f"error: the checkout plus the carried folder exceed the device tool's 64 MiB by "
+              f"{(total + margin - LIMIT) / 2**20:.1f} MiB. Fix: make that much room in the checkout (tracked and "
+              "untracked-not-ignored files travel; e.g. large checkpoints or reports/index.html) or carry less",
+              file=sys.stderr)
         return 2
     print(f"carry it: run(carry=['{rel or dest}'], command='bash scripts/gpu_train_r50.sh')")
     return 0
