@@ -15,7 +15,6 @@ The model's train/eval mode is restored afterwards; it is moved to ``device`` (a
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from .evaluation import (
     resolve_model,
     run_sweep,
 )
+from .stats import wilson  # noqa: F401  (re-exported)
 from .store import ResultsStore
 
 #: The columns of the DataFrame :func:`benchmark` returns, in order.
@@ -45,15 +45,6 @@ COLUMNS = ["model", "attack", "norm", "eps", "eps_label", "clean_acc", "clean_ci
            "robust_ci_low", "robust_ci_high", "n", "data", "device", "seconds", "checkpoint_sha256"]
 
 
-def wilson(k: float, n: float, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95% interval for k successes out of n (nan, nan for n = 0)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _attack_list(attacks) -> list[tuple[str, dict]]:

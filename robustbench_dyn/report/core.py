@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError
+from ..stats import wilson  # noqa: F401  (re-exported)
 
 #: Standard eps per norm: the accuracy-robustness table is reported here.
 STANDARD_EPS = {"Linf": 8 / 255, "L2": 0.5}
@@ -180,15 +181,6 @@ def attack_label(attack: str, settings: str | dict | None, norm: str) -> str:
 
 # -------------------------------------------------------------------------------------- statistics
 
-def wilson(k: float, n: float, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95% interval for k successes out of n (nan, nan for n = 0)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def pct(v: float | None, digits: int = 1) -> str:
