@@ -20,12 +20,13 @@ def model_cost(name: str) -> tuple[int, int]:
 
 def audit_label(spec, entry: dict) -> str:
     """The dynamism audit's verdict for the `audit` column: 'dynamic', 'STATIC' (a dynamic architecture
-    that behaves statically: every table marks it), 'static' for static convolutions, '' if not audited."""
+    that behaves statically: every table marks it), 'static' for static convolutions, 'STATIC? not audited'
+    when the manifest has no audit (treated as static until audited)."""
     if spec.conv == "static" and not spec.gated:
         return "static"
     audit = (entry or {}).get("audit")
     if not audit:
-        return "not audited" if entry else ""
+        return "STATIC? not audited" if entry else ""
     return "dynamic" if audit.get("verdict") == "dynamic" else "STATIC"
 
 

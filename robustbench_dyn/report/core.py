@@ -358,7 +358,7 @@ class ReportContext:
 
     def label(self, model: str) -> str:
         """The model's display name: 'gated (untrained)' for random weights, and a dynamic architecture that
-        the dynamism audit calls static is marked 'dyconv_k4 [STATIC by audit]' (or '[not audited]')."""
+        the dynamism audit calls static is marked 'dyconv_k4 [STATIC by audit]' (or '[STATIC? not audited]')."""
         r = self.runs[self.runs.model == model]
         if len(r) and bool(r.untrained.max()):
             return f"{model} (untrained)"
@@ -379,13 +379,13 @@ class ReportContext:
         return audit
 
     def audit_mark(self, model: str) -> str:
-        """'' for a static architecture or an audited dynamic one; else 'STATIC by audit' / 'not audited'."""
+        """'' for a static architecture or an audited dynamic one; else 'STATIC by audit' / 'STATIC? not audited'."""
         meta = self.meta(model)
         if not meta.dynamic or meta.family == "other":
             return ""
         audit = self.audit(model)
         if audit is None:
-            return "not audited"
+            return "STATIC? not audited"  # unaudited dynamic models are not claimed dynamic
         return "" if audit.get("verdict") == "dynamic" else "STATIC by audit"
 
     def style(self, model: str) -> dict:
