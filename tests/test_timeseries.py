@@ -101,6 +101,45 @@ def test_compact_storage_round_trip():
     assert set(t) == set(m.state_dict())
 
 
+
+@pytest.mark.parametrize("conv", ["odconv", "static"])
+def test_compact_fold_is_exact_when_variance_is_near_eps(conv):
+    """The int8 scale folded into the BatchNorm changes nothing but the rounding, also for channels whose
+    running variance is ~eps (ODConv's attentions shrink outputs that far: the fold without eps halved
+    ts_gunpoint_odconv_k4's accuracy). Reference: the same model with its int8-rounded weights dequantized."""
+    torch.manual_seed(0)
+    kw = {"K": 4} if conv != "static" else {}
+    m = TSResNet(1, 2, 30, conv=conv, **kw)
+    with torch.no_grad():
+        for conv_mod, bn in m.conv_bn_pairs():
+            conv_mod.weight.mul_(3e-3)  # conv outputs ~1e-5 in variance: around BatchNorm's eps
+            bn.momentum = 1.0  # running statistics = the next batch's
+        m.train()(torch.rand(16, 1, 30))
+    m.eval()
+    assert min(float(bn.running_var.min()) for _, bn in m.conv_bn_pairs()) < 1e-5
+    t = compact_tensors(m)
+    ref = TSResNet(1, 2, 30, conv=conv, **kw).eval()
+    ref.load_state_dict(m.state_dict())
+    names = dict((mod, n) for n, mod in m.named_modules())
+    for conv_mod, bn in m.conv_bn_pairs():
+        cn, bnn = names[conv_mod], names[bn]
+        w = m.state_dict()[f"{cn}.weight"]
+        out_dim = 1 if w.ndim == 4 else 0
+        s = 127.0 / w.double().abs().amax(dim=tuple(d for d in range(w.ndim) if d != out_dim))  # int8 full range
+        shape = [1] * w.ndim
+        shape[out_dim] = -1
+        ref.state_dict()[f"{cn}.weight"].copy_((t[f"{cn}.weight"].double() / s.reshape(shape)).float())
+        ref.state_dict()[f"{bnn}.running_mean"].copy_(m.state_dict()[f"{bnn}.running_mean"])
+    for k, v in t.items():  # the other tensors as stored (float16)
+        if v.dtype == torch.float16:
+            ref.state_dict()[k].copy_(v.float())
+    stored = load_compact(TSResNet(1, 2, 30, conv=conv, **kw), t)
+    x = torch.rand(6, 1, 30)
+    with torch.no_grad():
+        a, b = ref(x), stored(x)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 def test_registry_names_and_specs():

@@ -9,9 +9,10 @@ the Gumbel noise annealed 1 -> 0 so that training ends on the eval rule (logit >
 
 Storage (:func:`compact_tensors`), to keep the 16 ``ts_*`` checkpoints under 25 MB: the weights of the
 nine block convolutions (the K-kernel banks of the dynamic layers, the static kernels otherwise) as int8
-with one scale s_o per output channel, which the following BatchNorm absorbs exactly (weights x s_o,
-running mean x s_o, running variance x s_o^2: a conv output channel, and its DyConv/ODConv mixture, is
-linear in that channel's kernels, so only the int8 rounding changes the function), everything else in
+with one scale s_o per output channel, which the following BatchNorm absorbs exactly (running mean x s_o,
+running variance -> s_o^2 (var + eps) - eps, so that sqrt(var + eps) scales by s_o exactly; a conv output
+channel, and its DyConv/ODConv mixture, is linear in that channel's kernels, so only the int8 rounding
+changes the function), everything else in
 float16, BatchNorm statistics and scalar buffers in float32. Loading casts back to float32. The accuracy
 of the stored weights is measured after the round trip and recorded next to the float32 accuracy.
 """
@@ -132,7 +133,10 @@ def compact_tensors(model: TSResNet) -> dict[str, torch.Tensor]:
         shape[out_dim] = -1
         sd[f"{cn}.weight"] = (w * s.reshape(shape)).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
         sd[f"{bnn}.running_mean"] = (sd[f"{bnn}.running_mean"].double() * s).float()
-        sd[f"{bnn}.running_var"] = (sd[f"{bnn}.running_var"].double() * s * s).float()
+        # BatchNorm divides by sqrt(var + eps): storing s^2 (var + eps) - eps keeps the fold exact for any eps
+        # (s^2 var alone is not: channels with var ~ eps, common after ODConv's attentions, change scale)
+        var = sd[f"{bnn}.running_var"].double()
+        sd[f"{bnn}.running_var"] = (s * s * (var + bn.eps) - bn.eps).float()
         bank_keys.add(f"{cn}.weight")
     out = {}
     for k, v in sd.items():
