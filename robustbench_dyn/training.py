@@ -79,6 +79,10 @@ class Recipe:
     bs_off: float = 1.0
     mac_budget: float = 0.6  # gated: executed MACs / full MACs aimed at (a hinge above it)
     budget_weight: float = 4.0
+    #: what the MAC hinge sees: "hard" = the straight-through gates (forward: the 0/1 gates that run, so the
+    #: hinge bounds the executed MACs; backward: the relaxed sample's gradient), "soft" = gate probabilities
+    #: (session-3 pilot; soft means can sit under the budget while the hard gates that run are mostly open)
+    budget_gates: str = "hard"
     gate_noise_start: float = 1.0  # Gumbel noise scale, annealed linearly to gate_noise_end over training
     gate_noise_end: float = 0.0
     l0_weight: float = 0.0  # the first zoo's L0 term (expected open fraction), ramped in over l0_from..l0_full
@@ -110,6 +114,9 @@ class Recipe:
             raise ConfigError("a training run needs --epochs or --time-budget", "pass e.g. --epochs 30")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}", "pass e.g. --epochs 30")
+        if self.budget_gates not in ("hard", "soft"):
+            raise ConfigError(f"budget_gates must be 'hard' or 'soft', got {self.budget_gates!r}",
+                              "use --set budget_gates=hard")
         if self.keep not in ("final", "best"):
             raise ConfigError(f"keep must be 'final' or 'best', got {self.keep!r}", "use --keep final")
 
@@ -467,7 +474,8 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
                     if w_bs > 0:
                         loss = loss + w_bs * sum(batch_shaping_loss(p, r.bs_a, r.bs_b) for p in probs) / len(probs)
                     if r.budget_weight > 0:
-                        loss = loss + r.budget_weight * (mac_ratio(probs, cost) - r.mac_budget).clamp(min=0)
+                        ratio = mac_ratio(rec.gates if r.budget_gates == "hard" else probs, cost)
+                        loss = loss + r.budget_weight * (ratio - r.mac_budget).clamp(min=0)
                     w_l0 = r.l0_weight * min(max((progress - r.l0_from) / max(r.l0_full - r.l0_from, 1e-9), 0), 1)
                     if w_l0 > 0:
                         loss = loss + w_l0 * sum(p.float().mean() for p in probs) / len(probs)

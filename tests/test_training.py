@@ -116,6 +116,31 @@ def test_mac_ratio_tracks_gate_density():
     assert p.grad is not None and (p.grad > 0).all()  # more open gates, more MACs
 
 
+def test_hard_budget_sees_the_executed_gates():
+    """budget_gates="hard": the hinge's ratio is the executed-MAC ratio of the 0/1 gates that ran (soft
+    probabilities can average under the budget while most hard gates are open), with a gradient."""
+    from robustbench_dyn.layers import GateRecorder
+    from robustbench_dyn.training import Recipe
+
+    torch.manual_seed(0)
+    model = create_model("gated").train()
+    for m in model.modules():
+        if hasattr(m, "noise"):
+            m.noise = 0.0
+    cost = gated_cost(model)
+    with GateRecorder(model) as rec:
+        model(torch.rand(8, 3, 32, 32))
+    hard = mac_ratio(rec.gates, cost)
+    executed = (cost.base + sum(float(g.detach().mean()) * c for g, c in zip(rec.gates, cost.gated, strict=True)))
+    assert hard.item() == pytest.approx(executed / cost.full, rel=1e-5)
+    assert hard.item() != pytest.approx(mac_ratio(rec.probabilities(), cost).item(), rel=1e-3)
+    hard.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "gate" in n)
+    assert Recipe().budget_gates == "hard"
+    with pytest.raises(Exception, match="budget_gates"):
+        Recipe(epochs=1, budget_gates="medium").validate()
+
+
 def test_catastrophic_overfitting_rule():
     # 2000 held-out images: a 2-point dip is noise, a 10-point collapse is catastrophic overfitting
     assert not catastrophic_overfit(0.40, 0.38, 2000, 4.0)
