@@ -1,0 +1,551 @@
+"""Report sections "The answer" and "Why": the report opens with the question it exists for, answered from
+numbers. Is each dynamic model more or less robust than its static twin (same arch and training kind)?
+
+"The answer" compares each dynamic model with its static twin on the examples both runs share (same data
+subset and example idx): accuracy of each, the paired difference with a 95% bootstrap interval over the
+shared examples and the exact McNemar test on the discordant pairs, and a verdict that claims a difference
+only when both agree. "Why" relates the answer to what the dynamic parts do: attention shift and gate flips
+of broken vs surviving examples, robustness vs the dynamism audit across the zoo, and the masking checks.
+Every sentence is generated from numbers and carries them. Orders 1 and 2: before every other section.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..stats import bootstrap_mean_diff, cohens_d, mcnemar_exact, paired_bootstrap, rank_biserial, spearman_bootstrap
+from .core import STANDARD_EPS, ReportContext, SectionResult, SectionSkipped, eps_text, pct, section
+from .plotting import titled
+
+N_BOOT, BOOT_SEED, ALPHA = 2000, 0, 0.05
+#: fewer models than this: a correlation across the zoo is shown but not read as a conclusion
+MIN_MODELS = 6
+_VERDICT_COLOR = {"more": "#2166ac", "less": "#b2182b", "none": "#777777"}
+
+
+def _pt(v: float, signed: bool = True) -> str:
+    """Percentage points with a real minus sign: '−2.1', '+0.4'."""
+    return "n/a" if v is None or math.isnan(v) else (f"{v:+.1f}" if signed else f"{v:.1f}").replace("-", "−")
+
+
+def _g(v: float, signed: bool = False) -> str:
+    return "n/a" if v is None or math.isnan(v) else (f"{v:+.3g}" if signed else f"{v:.3g}").replace("-", "−")
+
+
+def _cond_text(cond: tuple[str, str, float]) -> str:
+    lbl, norm, eps = cond
+    return "clean accuracy" if lbl == "clean" else f"{lbl} ({norm} {eps_text(eps, norm)})"
+
+
+def _under(cond: tuple[str, str, float]) -> str:
+    return ("on " if cond[0] == "clean" else "under ") + _cond_text(cond)
+
+
+# --------------------------------------------------------------------------------- pairs and runs
+
+def static_twins(ctx: ReportContext) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(dynamic model, its static twin)], [why a dynamic model has no comparison])."""
+    pairs, missing = [], []
+    for m in ctx.models:
+        meta = ctx.meta(m)
+        if not meta.dynamic or meta.family == "other":
+            continue
+        if meta.base_static in ctx.models:
+            pairs.append((m, meta.base_static))
+        else:
+            missing.append(f"{ctx.label(m)}: its static twin {meta.base_static} is not in the store")
+    return pairs, missing
+
+
+def _best(runs: pd.DataFrame) -> pd.Series:
+    return runs.sort_values(["n_done", "complete", "grid_len", "run_id"], ascending=False).iloc[0]
+
+
+def matched_runs(rd: pd.DataFrame, rs: pd.DataFrame) -> tuple[pd.Series, pd.Series] | str:
+    """The runs to compare from the candidates of the dynamic (``rd``) and static (``rs``) model: both on the
+    same data subset (dataset digest), the one with most examples in both; else why there is none."""
+    common = set(rd.dataset_digest) & set(rs.dataset_digest)
+    if not common:
+        def dig(r: pd.DataFrame) -> str:
+            return "/".join(sorted(str(d)[:8] for d in set(r.dataset_digest)))
+
+        return f"different data subsets (dataset digest {dig(rd)} vs {dig(rs)})"
+    g = max(sorted(common), key=lambda d: min(rd[rd.dataset_digest == d].n_done.max(),
+                                              rs[rs.dataset_digest == d].n_done.max()))
+    return _best(rd[rd.dataset_digest == g]), _best(rs[rs.dataset_digest == g])
+
+
+def conditions(ctx: ReportContext) -> list[tuple[str, str, float]]:
+    """('clean', '', 0) then (attack label, norm, eps) of every attack run at the standard eps."""
+    from .sections.tables import standard_columns
+
+    return [("clean", "", 0.0), *standard_columns(ctx)]
+
+
+def paired_outcomes(ctx: ReportContext, run_d: pd.Series, run_s: pd.Series, clean: bool
+                    ) -> tuple[np.ndarray, np.ndarray] | str:
+    """(correct_dynamic, correct_static) on the examples both runs share (same idx), or why they can't be paired.
+    Correct = clean prediction right (clean) or not broken at the run's eps (robust, as the store counts it)."""
+    cols = ["idx", "label", "clean_pred", "broken_at"]
+    m = ctx.examples(int(run_d.run_id))[cols].merge(ctx.examples(int(run_s.run_id))[cols], on="idx",
+                                                     suffixes=("_d", "_s"))
+    if m.empty:
+        return "no shared examples"
+    bad = int((m.label_d != m.label_s).sum())
+    if bad:
+        return f"labels disagree on {bad} of {len(m)} shared idx (not the same examples)"
+    if clean:
+        return (m.clean_pred_d == m.label_d).to_numpy(), (m.clean_pred_s == m.label_s).to_numpy()
+    return m.broken_at_d.isna().to_numpy(), m.broken_at_s.isna().to_numpy()
+
+
+def compare(yd: np.ndarray, ys: np.ndarray, *, clean: bool = False) -> dict:
+    """Paired comparison of two models' per-example correctness (booleans on the same examples): accuracies,
+    difference in points with its paired bootstrap 95% CI, McNemar b, c and p, and the verdict."""
+    yd, ys = np.asarray(yd, dtype=bool), np.asarray(ys, dtype=bool)
+    diff, lo, hi = paired_bootstrap(yd.astype(float) - ys, n_boot=N_BOOT, seed=BOOT_SEED)
+    b, c = int((yd & ~ys).sum()), int((~yd & ys).sum())
+    p = mcnemar_exact(b, c)
+    n = len(yd)
+    if lo > 0 and p < ALPHA:
+        kind, verdict = "more", "more accurate" if clean else "more robust"
+    elif hi < 0 and p < ALPHA:
+        kind, verdict = "less", "less accurate" if clean else "less robust"
+    else:
+        kind, verdict = "none", f"no detectable difference at n={n}"
+    return {"n_shared": n, "acc_dynamic": float(yd.mean()), "acc_static": float(ys.mean()), "diff_pt": 100 * diff,
+            "ci_lo_pt": 100 * lo, "ci_hi_pt": 100 * hi, "b": b, "c": c, "mcnemar_p": p, "kind": kind,
+            "verdict": verdict}
+
+
+def comparisons(ctx: ReportContext) -> tuple[pd.DataFrame, list[str]]:
+    """Every (dynamic model, static twin, condition) comparison (cached on ``ctx``) and the skipped ones' reasons."""
+    cached = getattr(ctx, "_answer_cache", None)
+    if cached is not None:
+        return cached
+    pairs, skipped = static_twins(ctx)
+    rows = []
+    runs = ctx.runs
+    for dyn, st in pairs:
+        absent = []
+        for cond in conditions(ctx):
+            lbl, norm, eps = cond
+            if lbl == "clean":  # clean predictions of the L∞/L2 attack runs (not of corruption runs), else any
+                rd, rs = runs[runs.model == dyn], runs[runs.model == st]
+                if rd.norm.isin(list(STANDARD_EPS)).any() and rs.norm.isin(list(STANDARD_EPS)).any():
+                    rd, rs = rd[rd.norm.isin(list(STANDARD_EPS))], rs[rs.norm.isin(list(STANDARD_EPS))]
+            else:
+                sel = runs[(runs.attack_label == lbl) & (runs.norm == norm) & ((runs.eps - eps).abs() < 1e-9)]
+                rd, rs = sel[sel.model == dyn], sel[sel.model == st]
+            if rd.empty or rs.empty:
+                if len(rd) or len(rs):
+                    absent.append(f"{_cond_text(cond)} (run on {dyn if len(rd) else st} only)")
+                continue
+            why = matched_runs(rd, rs)
+            if not isinstance(why, str):
+                run_d, run_s = why
+                why = paired_outcomes(ctx, run_d, run_s, lbl == "clean")
+            if isinstance(why, str):
+                skipped.append(f"{ctx.label(dyn)} vs {ctx.label(st)} {_under(cond)}: {why}")
+                continue
+            res = compare(*why, clean=lbl == "clean")
+            both = pd.DataFrame([run_d, run_s])
+            rows.append({"dynamic": dyn, "static": st, "dynamic_label": ctx.label(dyn), "static_label": ctx.label(st),
+                         "condition": "clean" if lbl == "clean" else f"{lbl} @ {eps_text(eps, norm)}",
+                         "attack": lbl, "norm": norm, "eps": eps, **res,
+                         "n_dynamic_run": int(run_d.n_done), "n_static_run": int(run_s.n_done),
+                         "run_id_dynamic": int(run_d.run_id), "run_id_static": int(run_s.run_id),
+                         "dataset": ctx.data_text(both, n=False), "dataset_digest": run_d.dataset_digest,
+                         "seed": int(run_d.seed), "settings": run_d.settings if lbl != "clean" else "",
+                         "complete": bool(run_d.complete and run_s.complete)})
+        if absent:
+            skipped.append(f"{ctx.label(dyn)} vs {ctx.label(st)}: not compared under " + "; ".join(absent))
+    out = (pd.DataFrame(rows), skipped)
+    ctx._answer_cache = out
+    return out
+
+
+def _masking_flags(ctx: ReportContext) -> dict[str, str]:
+    """model -> 'fails sanity check(s) X' / 'masked under BPDA at 8/255' (evidence its robustness is overstated)."""
+    flags: dict[str, list[str]] = {}
+    ch = ctx.checks
+    if ch is not None and not ch.empty:
+        ch = ch.sort_values(["n", "created_at"], ascending=False).drop_duplicates(["model", "check_name"])
+        for r in ch[ch.passed == 0].itertuples():
+            flags.setdefault(r.model, []).append(f"fails sanity check {r.check_name} (value {r.value:.3g})")
+    ad = _threats(ctx, "adaptive")
+    for r in ad[ad.verdict == "masked"].itertuples() if len(ad) else []:
+        flags.setdefault(r.model, []).append(f"masked under {str(r.adaptive).upper()} at ε = {eps_text(r.eps, 'Linf')}")
+    return {m: "; ".join(v) for m, v in flags.items()}
+
+
+def _threats(ctx: ReportContext, threat: str) -> pd.DataFrame:
+    """The threat-study rows of ``threat`` (empty when the store has none or the threats module is absent)."""
+    try:
+        from .threats_sections import threats_frame
+
+        return threats_frame(ctx, threat)
+    except Exception:  # no threats table / module: the caller says the results are missing
+        return pd.DataFrame()
+
+
+# ------------------------------------------------------------------------------------- the answer
+
+@section("answer", "The answer: are dynamic models more or less robust than their static twins?", order=1,
+         needs="runs of a dynamic model and its static twin (same arch and training) on the same data")
+def answer_section(ctx: ReportContext) -> SectionResult:
+    if ctx.runs.empty:
+        raise SectionSkipped("no evaluated examples in the store")
+    tab, skipped = comparisons(ctx)
+    if tab.empty:
+        raise SectionSkipped("no dynamic model could be compared with its static twin"
+                             + (f" ({'; '.join(skipped)})" if skipped else " (no dynamic model in the store)"))
+    csv = ctx.save_table(tab.drop(columns=["kind"]), "answer")
+    png = _forest_plot(ctx, tab)
+    disp = pd.DataFrame({
+        "dynamic": tab.dynamic_label, "static twin": tab.static_label, "accuracy": tab.condition,
+        "n shared": tab.n_shared, "dynamic (%)": [pct(v) for v in tab.acc_dynamic],
+        "static (%)": [pct(v) for v in tab.acc_static], "Δ (pt)": [_pt(v) for v in tab.diff_pt],
+        "95% CI (pt)": [f"[{_pt(lo)}, {_pt(hi)}]" for lo, hi in zip(tab.ci_lo_pt, tab.ci_hi_pt, strict=True)],
+        "b / c": [f"{b} / {c}" for b, c in zip(tab.b, tab.c, strict=True)],
+        "McNemar p": [f"{p:.2g}" for p in tab.mcnemar_p],
+        "verdict": [f"**{v}**" if k != "none" else v for v, k in zip(tab.verdict, tab.kind, strict=True)]})
+    sentences = [f"{r.dynamic_label} vs {r.static_label} {_under((r.attack, r.norm, r.eps))}: "
+                 f"{_pt(r.diff_pt)} pt [{_pt(r.ci_lo_pt)}, {_pt(r.ci_hi_pt)}], McNemar p={r.mcnemar_p:.2g}, "
+                 f"n={r.n_shared}: {r.verdict}." for r in tab.itertuples()]
+    counts = []
+    for what, g in (("under attack", tab[tab.attack != "clean"]), ("clean", tab[tab.attack == "clean"])):
+        if len(g):
+            k = g.kind.value_counts()
+            adj = "robust" if what == "under attack" else "accurate"
+            counts.append(f"{what}, {k.get('more', 0)} of {len(g)} comparisons find the dynamic model more {adj}, "
+                          f"{k.get('less', 0)} less {adj}, {k.get('none', 0)} no detectable difference")
+    overall = "Overall: " + "; ".join(counts) + "."
+    marks = []
+    for m in dict.fromkeys(tab.dynamic):
+        mark = ctx.audit_mark(m)
+        if mark == "STATIC by audit":
+            marks.append(f"{ctx.label(m)}: the dynamism audit calls it static, so its comparison measures a network "
+                         "that does not act dynamically")
+        elif mark:
+            marks.append(f"{ctx.label(m)}: not audited, so it is not claimed to act dynamically")
+    flags = _masking_flags(ctx)
+    masked = [f"{ctx.label(m)} {flags[m]}: its white-box robust accuracy may be an upper bound"
+              for m in dict.fromkeys([*tab.dynamic, *tab.static]) if m in flags]
+    runs = ctx.runs[ctx.runs.run_id.isin(set(tab.run_id_dynamic) | set(tab.run_id_static))]
+    attacks = [f"{r.attack} at ε = {eps_text(r.eps, r.norm)} ({r.norm}, seed {r.seed})"
+               for r in tab[tab.attack != "clean"].drop_duplicates(["attack", "norm", "eps"]).itertuples()]
+    data = ctx.data_text(runs, n=False)
+    md = [f"Each dynamic model against its static twin (same architecture, same training: standard or adversarial), "
+          f"on the examples both runs share (same data subset and example idx; {data}; n shared = {_ns(tab)}). "
+          f"Attacks at the standard ε: "
+          f"{', '.join(attacks) or 'none (clean accuracy only)'}. Δ = dynamic − static in accuracy points; its 95% "
+          f"interval is a paired bootstrap over the shared examples ({N_BOOT} resamples, seed {BOOT_SEED}); b / c = "
+          f"examples only the dynamic / only the static model gets right; p = exact two-sided McNemar test on b and c. "
+          f"A difference is claimed only when the interval excludes 0 and p < {ALPHA}.", "",
+          " ".join(sentences), "", overall]
+    if marks:
+        md += ["", "Marked models stay in the comparison: " + "; ".join(marks) + "."]
+    if masked:
+        md += ["", "Masking evidence: " + "; ".join(masked) + "."]
+    md += ["", ctx.md_table(disp, ["l", "l", "l"] + ["r"] * 7 + ["l"]), "", ctx.md_csv(csv, "answer.csv"), "",
+           ctx.md_figure(png, "Dynamic minus static accuracy with paired 95% CIs"), "",
+           f"Figure: accuracy of each dynamic model minus its static twin's (points), per attack, with paired 95% "
+           f"bootstrap intervals; n shared examples per row as in the table ({_ns(tab)}); {data}."]
+    if skipped:
+        md += ["", "Not compared: " + "; ".join(skipped) + "."]
+    findings = [s[:-1] + f" ({row.dataset})." for s, row in zip(sentences, tab.itertuples(), strict=True)]
+    findings += [overall] + [f"{s}." for s in marks + masked]
+    return SectionResult("\n".join(md), files=[csv, png], findings=findings)
+
+
+def _ns(tab: pd.DataFrame) -> str:
+    ns = sorted(set(int(v) for v in tab.n_shared))
+    return str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+
+
+def _forest_plot(ctx: ReportContext, tab: pd.DataFrame) -> str:
+    """One figure that reads alone: per condition (attack), each dynamic model's Δ vs its static twin with CI."""
+    from matplotlib.transforms import blended_transform_factory
+
+    n_rows = len(tab) + tab.condition.nunique()
+    fig, axes = ctx.figure(1, 1, size=(7.5, 0.8 + 0.32 * n_rows))
+    ax = axes[0][0]
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    y, ticks, labels, heads = 0, [], [], []
+    for _, g in tab.groupby("condition", sort=False):
+        y -= 1
+        ticks.append(y)
+        labels.append(_cond_text((g.attack.iloc[0], g.norm.iloc[0], g.eps.iloc[0])))
+        heads.append(len(labels) - 1)
+        for r in g.itertuples():
+            y -= 1
+            color = _VERDICT_COLOR[r.kind]
+            ax.errorbar([r.diff_pt], [y], xerr=[[max(r.diff_pt - r.ci_lo_pt, 0)], [max(r.ci_hi_pt - r.diff_pt, 0)]],
+                        fmt="o", color=color, capsize=3, markersize=5)
+            ax.text(1.02, y, f"{_pt(r.diff_pt)} [{_pt(r.ci_lo_pt)}, {_pt(r.ci_hi_pt)}]  p={r.mcnemar_p:.2g}  "
+                    f"n={r.n_shared}", transform=trans, va="center", fontsize=8, color=color)
+            ticks.append(y)
+            labels.append(f"{r.dynamic_label} − {r.static_label}")
+    ax.axvline(0, color="#000000", linewidth=1)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels, fontsize=8)
+    for i in heads:
+        ax.get_yticklabels()[i].set_fontweight("bold")
+    ax.set_ylim(y - 0.7, -0.3)
+    ax.set_xlabel("accuracy of the dynamic model − its static twin (points), paired 95% bootstrap CI\nred: dynamic "
+                  "less robust, blue: more robust, grey: no detectable difference\n(a difference needs the CI to "
+                  f"exclude 0 and McNemar p < {ALPHA})", fontsize=9)
+    lo, hi = min(0.0, float(tab.ci_lo_pt.min())), max(0.0, float(tab.ci_hi_pt.max()))
+    pad = max(1.0, 0.08 * (hi - lo))
+    ax.set_xlim(lo - pad, hi + pad)
+    runs = ctx.runs[ctx.runs.run_id.isin(set(tab.run_id_dynamic) | set(tab.run_id_static))]
+    titled(fig, "Dynamic model vs its static twin: accuracy difference on shared examples",
+           f"{ctx.data_text(runs, n=False)}; n shared examples = {_ns(tab)}")
+    return ctx.save_figure(fig, "answer_forest")
+
+
+# -------------------------------------------------------------------------------------------- why
+
+#: per-example measure -> (what it is, how it is computed from the example rows)
+MEASURES = {
+    "attn_kl": ("attention shift KL(clean‖adv) (nats)", lambda e: e.attn_kl),
+    "attn_tv": ("attention shift TV", lambda e: e.attn_tv),
+    "dominant_changed": ("fraction of layers whose dominant kernel changed", lambda e: e.dominant_changed),
+    "gate_flip": ("gate flip |density adv − clean|", lambda e: (e.gate_density_adv - e.gate_density_clean).abs()),
+    "macs_ratio": ("executed MACs adv / clean", lambda e: e.macs_adv / e.macs_clean),
+}
+
+#: audit figure -> (what it is, path in the audit dict)
+AUDIT_FIGURES = {
+    "mean_replacement_loss": ("mean-replacement loss (pt)", ("attention", "mean_replacement_loss")),
+    "shuffle_loss": ("shuffle loss (pt)", ("attention", "shuffle_loss")),
+    "entropy_ratio": ("attention entropy ratio H/logK", ("attention", "entropy_ratio_mean")),
+    "conditional_gate_frac": ("conditional gate fraction", ("gates", "conditional_frac")),
+}
+
+
+def split_run(ctx: ReportContext, model: str, ref: tuple[str, str]) -> tuple[pd.Series, pd.DataFrame] | None:
+    """The ``ref`` run of ``model`` with the most even split of clean-correct examples into broken and surviving
+    (ties: nearest the standard eps; the rule of the attention-shift section), and its clean-correct examples
+    with a ``broken`` column (broken: adv_pred != label)."""
+    best = None
+    for r in ctx.curve(model, *ref).itertuples():
+        if r.eps <= 0:
+            continue
+        ex = ctx.examples(int(r.run_id))
+        ok = ex[ex.clean_pred == ex.label]
+        nb = int((ok.adv_pred != ok.label).sum())
+        score = (min(nb, len(ok) - nb), -abs(r.eps - STANDARD_EPS.get(ref[1], 0)))
+        if best is None or score > best[0]:
+            best = (score, pd.Series(r._asdict()), ok)
+    if best is None:
+        return None
+    return best[1], best[2].assign(broken=(best[2].adv_pred != best[2].label).to_numpy())
+
+
+def broken_vs_surviving(ctx: ReportContext, models: list[str], ref: tuple[str, str]) -> tuple[pd.DataFrame, list[str]]:
+    """Per dynamic model and measure: means of broken and surviving examples, difference with bootstrap 95% CI,
+    Cohen's d and rank-biserial r; and notes on models with no comparison."""
+    rows, notes = [], []
+    for m in models:
+        sel = split_run(ctx, m, ref)
+        if sel is None:
+            notes.append(f"{ctx.label(m)}: no {ref[0]} run at ε > 0")
+            continue
+        run, ok = sel
+        nb, ns = int(ok.broken.sum()), int((~ok.broken).sum())
+        if nb < 2 or ns < 2:
+            notes.append(f"{ctx.label(m)} under {ref[0]} at {eps_text(run.eps, ref[1])}: {nb} broken and {ns} "
+                         f"surviving of {len(ok)} clean-correct examples; too few in one group for a comparison")
+            continue
+        for key, (what, fn) in MEASURES.items():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = pd.to_numeric(fn(ok), errors="coerce").replace([np.inf, -np.inf], np.nan)
+            if v.notna().sum() < 4 or v.dropna().nunique() < 2:
+                continue  # not measured for this model (e.g. gates of a DyConv) or constant
+            b, s = v[ok.broken].dropna().to_numpy(), v[~ok.broken].dropna().to_numpy()
+            if len(b) < 2 or len(s) < 2:
+                continue
+            diff, lo, hi = bootstrap_mean_diff(b, s, n_boot=N_BOOT, seed=BOOT_SEED)
+            rows.append({"model": m, "model_label": ctx.label(m), "attack": ref[0], "norm": ref[1],
+                         "eps": float(run.eps), "measure": key, "what": what, "n_broken": len(b), "n_surviving": len(s),
+                         "mean_broken": float(b.mean()), "mean_surviving": float(s.mean()), "diff": diff,
+                         "ci_lo": lo, "ci_hi": hi, "cohens_d": cohens_d(b, s), "rank_biserial": rank_biserial(b, s),
+                         "direction": "higher" if lo > 0 else "lower" if hi < 0 else "no detectable difference",
+                         "run_id": int(run.run_id), "data": ctx.data_text(run)})
+    return pd.DataFrame(rows), notes
+
+
+def audit_correlations(ctx: ReportContext, answer: pd.DataFrame, ref: tuple[str, str] | None) -> pd.DataFrame:
+    """Spearman rho (bootstrap 95% CI over models) of robust accuracy under the reference attack at the standard
+    eps, and of the robust-accuracy difference to the static twin, against each audit figure."""
+    if ref is None:
+        return pd.DataFrame()
+    eps = STANDARD_EPS.get(ref[1])
+    ys: dict[str, tuple[str, dict[str, float]]] = {
+        "robust_acc": (f"robust accuracy under {ref[0]} ({ref[1]} {eps_text(eps, ref[1])}), %", {}),
+        "diff_vs_static": ("robust accuracy − static twin, pt", {})}
+    feats: dict[str, dict[str, float]] = {k: {} for k in AUDIT_FIGURES}
+    for m in ctx.models:
+        meta, audit = ctx.meta(m), ctx.audit(m)
+        if not meta.dynamic or audit is None:
+            continue
+        for k, (_, (part, name)) in AUDIT_FIGURES.items():
+            v = (audit.get(part) or {}).get(name)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                feats[k][m] = float(v)
+        r = ctx.select_run(m, ref[0], ref[1], eps) if eps is not None else None
+        if r is not None:
+            ys["robust_acc"][1][m] = 100 * float(r.robust_acc)
+        a = answer[(answer.dynamic == m) & (answer.attack == ref[0]) & (answer.norm == ref[1])] if len(answer) else []
+        if len(a):
+            ys["diff_vs_static"][1][m] = float(a.diff_pt.iloc[0])
+    rows = []
+    for yk, (ywhat, yv) in ys.items():
+        for fk, fv in feats.items():
+            ms = [m for m in ctx.models if m in yv and m in fv]
+            if len(ms) < 2:
+                continue
+            rho, lo, hi = spearman_bootstrap([fv[m] for m in ms], [yv[m] for m in ms], n_boot=N_BOOT, seed=BOOT_SEED)
+            rows.append({"y": yk, "y_what": ywhat, "audit_figure": fk, "audit_what": AUDIT_FIGURES[fk][0],
+                         "n_models": len(ms), "rho": rho, "ci_lo": lo, "ci_hi": hi,
+                         "models": ", ".join(ctx.label(m) for m in ms)})
+    return pd.DataFrame(rows)
+
+
+def masking_lines(ctx: ReportContext) -> list[str]:
+    """One line each for the sanity checks, the adaptive attacks (BPDA/EOT) and the transfer study."""
+    out = []
+    ch = ctx.checks
+    if ch is None or ch.empty:
+        out.append("Sanity checks (gradient masking): missing (no rows in the checks table; run `robustdyn check`).")
+    else:
+        ch = ch.sort_values(["n", "created_at"], ascending=False).drop_duplicates(["model", "check_name"])
+        fails = ch[ch.passed == 0]
+        ns = sorted({int(v) for v in ch.n})
+        text = (f"Sanity checks (gradient masking): {len(ch) - len(fails)} of {len(ch)} pass over {ch.model.nunique()} "
+                f"model(s) (n={'/'.join(map(str, ns))})")
+        if len(fails):
+            text += "; FAIL: " + ", ".join(f"{ctx.label(r.model) if r.model in ctx.models else r.model} "
+                                           f"{r.check_name} = {r.value:.3g} (PASS if {r.threshold})"
+                                           for r in fails.itertuples())
+        out.append(text + ".")
+    ad = _threats(ctx, "adaptive")
+    if ad.empty:
+        out.append("Adaptive attacks (BPDA/EOT): missing (no adaptive rows in the threats table; run `robustdyn "
+                   "threats`).")
+    else:
+        app = ad[ad.verdict != "not applicable"]
+        masked, maybe = app[app.verdict == "masked"], app[app.verdict == "possibly masked"]
+        text = f"Adaptive attacks (BPDA/EOT): masking detected in {len(masked)} of {len(app)} (model, ε) comparisons"
+        if len(masked):
+            text += " (" + "; ".join(f"{r.model} at {eps_text(r.eps, 'Linf')}: {_pt(-abs(r.diff_pt))} pt, "
+                                     f"p={r.p_value:.2g}, n={int(r.n)}" for r in masked.itertuples()) + ")"
+        if len(maybe):
+            text += f", possibly masked in {len(maybe)} more (not significant)"
+        if len(app) and "diff_pt" in app:
+            text += f"; largest adaptive gain {abs(app.diff_pt).max():.1f} pt"
+        out.append(text + ".")
+    tr = _threats(ctx, "transfer")
+    if tr.empty:
+        out.append("Transfer attacks: missing (no transfer rows in the threats table).")
+    else:
+        tr = tr[(tr.eps - tr.eps.max()).abs() < 1e-12]
+        beats, targets = [], 0
+        for t, g in tr.groupby("target_model"):
+            wb = g[g.model == t].acc
+            other = g[g.model != t]
+            if wb.empty or other.empty:
+                continue
+            targets += 1
+            if other.acc.min() < wb.iloc[0]:
+                beats.append(f"{t} ({pct(other.acc.min())}% vs white-box {pct(wb.iloc[0])}%)")
+        out.append(f"Transfer attacks at ε = {eps_text(float(tr.eps.max()), 'Linf')}: a transfer attack beats the "
+                   f"white-box one on {len(beats)} of {targets} target(s)" + (f": {', '.join(beats)}" if beats else "")
+                   + ("; a sign of gradient masking there." if beats else " (no sign of gradient masking)."))
+    return out
+
+
+@section("why", "Why: what the dynamic parts do under attack", order=2,
+         needs="per-example dynamics of attacked dynamic models, dynamism audits, or masking checks")
+def why_section(ctx: ReportContext) -> SectionResult:
+    if ctx.runs.empty:
+        raise SectionSkipped("no evaluated examples in the store")
+    dyn = [m for m in ctx.models if ctx.meta(m).dynamic and ctx.meta(m).family != "other"]
+    if not dyn:
+        raise SectionSkipped("no dynamic model in the store")
+    answer, _ = comparisons(ctx)
+    ref = ctx.reference_attack(dyn)
+    md, files, findings = [], [], []
+    # 1. broken vs surviving
+    md += ["### Broken vs surviving examples", ""]
+    if ref is None:
+        md.append("Skipped: no L∞ attack at ε > 0 on a dynamic model in the store.")
+        bvs, notes = pd.DataFrame(), []
+    else:
+        bvs, notes = broken_vs_surviving(ctx, dyn, ref)
+    if ref is not None and bvs.empty:
+        md.append(f"Skipped: no dynamic model has per-example attention or gate measures under {ref[0]} with both "
+                  "groups present" + (f" ({'; '.join(notes)})" if notes else "") + ".")
+    elif len(bvs):
+        files.append(ctx.save_table(bvs, "why_broken_vs_surviving"))
+        md.append(f"Clean-correct examples under {ref[0]} ({ref[1]}), split into **broken** (adv_pred ≠ label) and "
+                  "**surviving** (still correct); per model the ε of its sweep with the most even split. Δ = mean of "
+                  f"broken − mean of surviving, 95% bootstrap interval ({N_BOOT} resamples per group, seed "
+                  f"{BOOT_SEED}); "
+                  "r = rank-biserial correlation (P(broken > surviving) − P(broken < surviving)); d = Cohen's d.")
+        md.append("")
+        for r in bvs.itertuples():
+            s = (f"{r.model_label} ({r.attack} at {eps_text(r.eps, r.norm)}, {r.norm}): {r.what} is "
+                 + (f"{r.direction} on broken examples" if r.direction != "no detectable difference"
+                    else "not detectably different between broken and surviving examples")
+                 + f": mean {_g(r.mean_broken)} vs {_g(r.mean_surviving)} (Δ {_g(r.diff, True)} [{_g(r.ci_lo, True)}, "
+                   f"{_g(r.ci_hi, True)}], r={_g(r.rank_biserial, True)}, d={_g(r.cohens_d, True)}; n={r.n_broken} "
+                   f"broken, {r.n_surviving} surviving; {r.data}).")
+            md.append(f"- {s}")
+            findings.append(s)
+        md += [f"- {n}." for n in notes]
+        md += ["", ctx.md_csv(files[-1], "why_broken_vs_surviving.csv")]
+    # 2. robustness vs the audit across the zoo
+    md += ["", "### Robustness vs the dynamism audit across the zoo", ""]
+    cor = audit_correlations(ctx, answer, ref)
+    if cor.empty:
+        audited = [m for m in dyn if ctx.audit(m) is not None]
+        md.append("Skipped: " + ("no dynamic model has an audit of its evaluated checkpoint in the zoo manifest"
+                                 if not audited else "no audit figure is shared by 2 or more audited models with a "
+                                 f"robust accuracy under {ref[0] if ref else 'an L∞ attack'} at the standard ε "
+                                 f"(audited: {', '.join(ctx.label(m) for m in audited)})") + ".")
+    else:
+        files.append(ctx.save_table(cor, "why_audit_correlation"))
+        md.append(f"Spearman ρ across the dynamic models between each audit figure and robustness; 95% bootstrap "
+                  f"interval over models ({N_BOOT} resamples, seed {BOOT_SEED}). Fewer than {MIN_MODELS} models: too "
+                  "few for a conclusion. 'robust accuracy − static twin' removes the effect of the training kind "
+                  "(standard vs adversarial), which dominates raw robust accuracy.")
+        md.append("")
+        for r in cor.itertuples():
+            if r.n_models < MIN_MODELS:
+                tail = f"too few models (n={r.n_models} < {MIN_MODELS}) for a conclusion"
+            elif math.isnan(r.rho):
+                tail = "undefined (one of the two is constant over these models)"
+            elif r.ci_lo > 0 or r.ci_hi < 0:
+                tail = f"robustness {'rises' if r.rho > 0 else 'falls'} with the audit figure (CI excludes 0)"
+            else:
+                tail = "no detectable association (CI includes 0)"
+            s = (f"{r.y_what} vs {r.audit_what}: Spearman ρ={_g(r.rho, True)} [{_g(r.ci_lo, True)}, "
+                 f"{_g(r.ci_hi, True)}] over n={r.n_models} models ({r.models}): {tail}.")
+            md.append(f"- {s}")
+            findings.append(s)
+        md += ["", ctx.md_csv(files[-1], "why_audit_correlation.csv")]
+    # 3. masking checks
+    md += ["", "### Is the measured robustness real? Masking checks", ""]
+    lines = masking_lines(ctx)
+    md += [f"- {s}" for s in lines]
+    findings += [s for s in lines if "missing (" not in s]
+    if bvs.empty and cor.empty and all("missing (" in s for s in lines):
+        raise SectionSkipped("no per-example dynamics under an attack, no dynamism audits and no masking checks")
+    return SectionResult("\n".join(md), files=files, findings=findings)
+
