@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamics import attention_modules, gate_modules
+from .dynamics import attention_modules, forward_hooks, gate_modules
 
 RULE = ("dynamic iff the dynamic part changes the function: replacing each example's attention by the "
         "audit-set mean in all layers costs >= {min_loss_pt:g} accuracy points (attention models), or "
@@ -80,32 +80,24 @@ def _rebuild(like, parts):
 @contextlib.contextmanager
 def intervene(modules: list[nn.Module], fn: Callable[[int, tuple[torch.Tensor, ...]], tuple]) -> Iterator[None]:
     """Replace the output of each module i by ``fn(i, parts)`` (parts: its output as a tuple of tensors)."""
-    handles = []
-    for i, m in enumerate(modules):
-        def hook(module, inputs, out, i=i):
-            return _rebuild(out, fn(i, _as_tuple(out)))
-        handles.append(m.register_forward_hook(hook))
-    try:
+    def hook(i):
+        return lambda module, inputs, out: _rebuild(out, fn(i, _as_tuple(out)))
+
+    with forward_hooks((m, hook(i)) for i, m in enumerate(modules)):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
 def _forward_all(model: nn.Module, x: torch.Tensor, batch_size: int, record: list[nn.Module] | None = None):
     """Predictions on x (and, with ``record``, each module's outputs concatenated over batches)."""
     preds, outs = [], [[] for _ in (record or [])]
-    handles = []
-    for i, m in enumerate(record or []):
-        handles.append(m.register_forward_hook(
-            lambda mod, inp, out, i=i: outs[i].append(tuple(t.detach().float().cpu() for t in _as_tuple(out)))))
-    try:
+
+    def keep(i):
+        return lambda mod, inp, out: outs[i].append(tuple(t.detach().float().cpu() for t in _as_tuple(out)))
+
+    with forward_hooks((m, keep(i)) for i, m in enumerate(record or [])):
         for s in range(0, len(x), batch_size):
             preds.append(model(x[s:s + batch_size]).float().argmax(1).cpu())
-    finally:
-        for h in handles:
-            h.remove()
     cat = [tuple(torch.cat([o[j] for o in per], 0) for j in range(len(per[0]))) for per in outs]
     return torch.cat(preds), cat
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, StoreError
+from .errors import CheckpointError, ConfigError
+from .store import ResultsStore, SideTable, insert_sql, read_table
 
 #: defaults: batch 1 (latency) and 256 (throughput)
 DEFAULT_BATCH_SIZES = (1, 256)
@@ -318,54 +318,23 @@ def bench_model(model: nn.Module, *, name: str, checkpoint_sha256: str, untraine
 
 # ------------------------------------------------------------------------------------------- store
 
-class BenchStore:
+class BenchStore(SideTable):
     """The ``bench`` table of the results store at ``path`` (created next to the main tables)."""
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        from .store import ResultsStore
-
-        rs = ResultsStore(path)  # creates the main schema, or refuses a foreign/corrupt file
-        self.path = rs.path
-        rs.close()
-        try:
-            self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self._con.execute("PRAGMA busy_timeout = 30000")
-            self._con.execute("PRAGMA journal_mode = WAL")
-            self._con.execute(BENCH_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"results store {self.path}: cannot create the bench table ({e})",
-                             "pass another --store path") from None
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> BenchStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    TABLE, SCHEMA = "bench", BENCH_SCHEMA
 
     def add(self, rows: Sequence[BenchRow]) -> None:
         """Insert (or replace, same key) the rows in one transaction; record each model's batch-1 clean latency
         of its own forward in the ``models`` table."""
         if not rows:
             return
-        sql = (f"INSERT OR REPLACE INTO bench ({', '.join(_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(_COLUMNS))})")
         vals = []
         for r in rows:
             d = asdict(r)
             d["untrained"] = int(d["untrained"])
             vals.append(tuple(d[c] for c in _COLUMNS))
-        self._con.execute("BEGIN IMMEDIATE")
-        try:
-            self._con.executemany(sql, vals)
-            self._con.execute("COMMIT")
-        except BaseException:
-            self._con.execute("ROLLBACK")
-            raise
-        from .store import ResultsStore
-
+        with self._tx() as con:
+            con.executemany(insert_sql("bench", _COLUMNS), vals)
         with ResultsStore(self.path) as rs:
             for r in rows:
                 if r.batch == 1 and r.mode == "clean" and r.path in ("forward", "masked"):
@@ -376,21 +345,7 @@ class BenchStore:
 
 def read_bench(path: str | os.PathLike | None = None) -> pd.DataFrame:
     """The ``bench`` table of the store at ``path`` (empty frame when it has none). Read-only."""
-    from .store import default_store_path
-
-    p = Path(path) if path is not None else default_store_path()
-    if not p.is_file():
-        return pd.DataFrame()
-    con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=30.0)
-    try:
-        has = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bench'").fetchone()
-        if not has:
-            return pd.DataFrame()
-        return pd.read_sql_query("SELECT * FROM bench ORDER BY model, device, path, mode, batch", con)
-    except sqlite3.DatabaseError as e:
-        raise StoreError(f"results store {p} could not be read ({e})", "pass another --store path") from None
-    finally:
-        con.close()
+    return read_table(path, "bench", "SELECT * FROM bench ORDER BY model, device, path, mode, batch")
 
 
 def rows_frame(rows: Sequence[BenchRow]) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -265,6 +266,19 @@ def gate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
                                               and protocol_kind(m) == "gate")]
 
 
+@contextlib.contextmanager
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Register each ``(module, hook)`` as a forward hook for the duration of the block, then remove them all."""
+    handles = []
+    try:
+        for m, hook in hooks:
+            handles.append(m.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 #: model -> {"static": MACs, "gated": GatedCost}: architecture-only costs, kept while the model lives
 _COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -323,10 +337,7 @@ class DynamicsProbe:
         return {"attention": [{"name": a.name, "kind": a.kind, "K": a.K, "spatial": a.spatial} for a in self.layers],
                 "gates": [{"name": n, "channels": gate_channels(m)} for n, m in self._gates]}
 
-    @contextlib.contextmanager
     def _hooks(self, store: dict):
-        handles = []
-
         def attn_hook(i):
             def hook(module, inputs, out):
                 if isinstance(out, tuple) and hasattr(out, "kernel"):
@@ -341,15 +352,8 @@ class DynamicsProbe:
                 store.setdefault(("g", i), out.detach())
             return hook
 
-        for i, (_, mod, _) in enumerate(self._attn):
-            handles.append(mod.register_forward_hook(attn_hook(i)))
-        for i, (_, mod) in enumerate(self._gates):
-            handles.append(mod.register_forward_hook(gate_hook(i)))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        return forward_hooks([(mod, attn_hook(i)) for i, (_, mod, _) in enumerate(self._attn)]
+                             + [(mod, gate_hook(i)) for i, (_, mod) in enumerate(self._gates)])
 
     @torch.no_grad()
     def record(self, x: torch.Tensor, batch_size: int | None = None) -> ProbeRecord:

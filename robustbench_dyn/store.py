@@ -68,6 +68,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -173,7 +174,30 @@ def _fix_for(path: Path) -> str:
     return f"pass another --store path (or set ROBUSTDYN_STORE), or move {path} away"
 
 
-class ResultsStore:
+_S = TypeVar("_S", bound="_StoreFile")
+
+
+class _StoreFile:
+    """What the store classes share: ``path``, an open connection ``_con`` (autocommit, WAL, busy timeout),
+    ``close`` and use as a context manager, and ``_tx`` (one BEGIN IMMEDIATE ... COMMIT transaction)."""
+
+    path: Path
+    _con: sqlite3.Connection
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._con, self.path)
+
+
+class ResultsStore(_StoreFile):
     """The results store at ``path`` (created with its parent folder if absent).
 
     Opening a file that is not a robustdyn store, is corrupt, or was written by another schema
@@ -245,18 +269,6 @@ class ResultsStore:
             con.execute("ROLLBACK")
             raise
 
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> ResultsStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _tx(self):
-        return _Transaction(self._con, self.path)
-
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         try:
             return self._con.execute(sql, params).fetchall()
@@ -278,8 +290,7 @@ class ResultsStore:
                 return int(row[0])
             cols = {**k, "untrained": int(untrained), "eps_label": eps_label, "dataset_label": dataset_label,
                     "device": device, **self._versions, "started_at": _now()}
-            cur = con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                              tuple(cols.values()))
+            cur = con.execute(insert_sql("runs", cols, "INSERT"), tuple(cols.values()))
             return int(cur.lastrowid)
 
     def done_indices(self, run_id: int) -> np.ndarray:
@@ -290,8 +301,7 @@ class ResultsStore:
         """Insert example rows for several runs in one transaction (INSERT OR IGNORE), add the seconds
         spent to each run's duration and mark runs complete when all n rows are there."""
         durations = durations or {}
-        sql = (f"INSERT OR IGNORE INTO examples (run_id, {', '.join(EXAMPLE_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * (len(EXAMPLE_COLUMNS) + 1))})")
+        sql = insert_sql("examples", ("run_id", *EXAMPLE_COLUMNS), "INSERT OR IGNORE")
         with self._tx() as con:
             for run_id, rows in batches.items():
                 con.executemany(sql, [(run_id, *[_sql_value(r.get(c)) for c in EXAMPLE_COLUMNS]) for r in rows])
@@ -413,6 +423,55 @@ class ResultsStore:
             df.to_csv(p, index=False)
             paths.append(p)
         return paths
+
+
+class SideTable(_StoreFile):
+    """One table of its own in the results store file (``bench``, ``threats``): subclasses set ``TABLE`` and
+    ``SCHEMA`` (a ``CREATE TABLE IF NOT EXISTS`` statement).
+
+    The file is opened through :class:`ResultsStore` first, so a new file gets the main schema and a file that
+    is not a robustdyn store is refused; the table is then created on a connection of our own (WAL, busy
+    timeout), so the other tables and their schema version are untouched."""
+
+    TABLE: str
+    SCHEMA: str
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        rs = ResultsStore(path)  # creates the main schema, or refuses a foreign/corrupt file
+        self.path = rs.path
+        rs.close()
+        try:
+            self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._con.execute("PRAGMA busy_timeout = 30000")
+            self._con.execute("PRAGMA journal_mode = WAL")
+            self._con.execute(self.SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"results store {self.path}: cannot create the {self.TABLE} table ({e})",
+                             "pass another --store path") from None
+
+
+def insert_sql(table: str, columns: Iterable[str], verb: str = "INSERT OR REPLACE") -> str:
+    """``{verb} INTO table (columns...) VALUES (?, ...)``."""
+    cols = list(columns)
+    return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
+def read_table(path: str | os.PathLike | None, table: str, sql: str, params: Sequence = ()) -> pd.DataFrame:
+    """``sql`` on the store at ``path`` (default: :func:`default_store_path`), opened read-only; an empty frame
+    when the file or its ``table`` is absent. Never creates the file or the table."""
+    p = Path(path) if path is not None else default_store_path()
+    if not p.is_file():
+        return pd.DataFrame()
+    con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=30.0)
+    try:
+        has = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+        if not has:
+            return pd.DataFrame()
+        return pd.read_sql_query(sql, con, params=tuple(params))
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"results store {p} could not be read ({e})", "pass another --store path") from None
+    finally:
+        con.close()
 
 
 class _Transaction:

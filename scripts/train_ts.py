@@ -98,7 +98,8 @@ def main(argv=None) -> int:
                 "metrics": {"clean_acc": stored_acc, "clean_acc_fp32": committed_acc,
                             "seeds_test_acc_mean": float(accs.mean()), "seeds_test_acc_std": float(accs.std(ddof=1))
                             if len(accs) > 1 else 0.0, "seeds": runs},
-                "storage": "int8 block-conv weights (per-output-channel scale folded into the next BatchNorm, eps-exact), "
+                "storage": "int8 block-conv weights (per-output-channel scale folded into the next BatchNorm, "
+                           "eps-exact), "
                            "float16 weights, float32 BatchNorm statistics; loads as float32",
                 "params": count_params(model), "macs": int(_COSTS[model]["static"]),
                 "device": "cpu", "wall_time_s": float(sum(x["seconds"] for x in runs)),

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ._app import app, check_counts, console, err_console
+from ._options import data_dir_option, models_dir_option
 
 
 def _f(v, fmt="{:.3f}") -> str:
@@ -27,8 +28,8 @@ def audit_cmd(
                                         help="Store the result as the model's `audit` in the zoo manifest."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder (default: ROBUSTDYN_DATA, cache)."),
-    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder (default: the repo's models/)."),
+    data_dir: Path = data_dir_option("CIFAR-10 folder (default: ROBUSTDYN_DATA, cache)."),
+    models_dir: Path = models_dir_option(),
 ) -> None:
     """Measure whether a model's attention and gates act dynamically, and give a verdict.
 

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._app import app, console, err_console
+from ._options import data_dir_option, models_dir_option, no_store_option, open_store, store_option
 
 _HELP = """Measure inference cost as a user feels it: latency and throughput, next to the MACs the FLOP counter
 reports.
@@ -69,11 +70,10 @@ def bench_cmd(
                                  "(default 32)."),
     no_skip: bool = typer.Option(False, "--no-skip", help="Do not time the gated skip path."),
     csv: Path = typer.Option(Path("results") / "bench.csv", "--csv", help="CSV of this run's rows."),
-    store: Path = typer.Option(None, "--store", help="Results store (default: $ROBUSTDYN_STORE or "
-                               "results/robustdyn.sqlite)."),
-    no_store: bool = typer.Option(False, "--no-store", help="Do not write the results store."),
-    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder (default: the repo's models/)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder (default: ROBUSTDYN_DATA, cache, sample)."),
+    store: Path = store_option(),
+    no_store: bool = no_store_option(),
+    models_dir: Path = models_dir_option(),
+    data_dir: Path = data_dir_option(),
 ) -> None:
     import torch
 
@@ -97,7 +97,7 @@ def bench_cmd(
     x, y, inputs, msgs = B.bench_inputs(max(max(sizes), n1), data_dir)
     for m in msgs:
         err_console.print(f"warning: {m}", markup=False, highlight=False, soft_wrap=True)
-    st = None if no_store else B.BenchStore(store)
+    st = open_store(store, no_store, B.BenchStore)
     load = B.load_1min()
     console.print(f"device  {dev} ({B.device_name(dev)}), {torch.get_num_threads()} threads, torch {torch.__version__}"
                   + (f", load average {load:.2f}" if load is not None else ""))

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._app import app, check_counts, console, err_console
+from ._options import data_dir_option, models_dir_option, no_store_option, open_store, store_option
 
 _MODEL_HELP = ("A registry name (`robustdyn list`), or path/to/file.py:factory to evaluate your own nn.Module "
                "(imports the file and calls factory(): runs your code).")
@@ -81,12 +82,6 @@ def _progress() -> Progress:
                     TimeRemainingColumn(), console=console, transient=True)
 
 
-def _open_store(store: Path | None, no_store: bool):
-    from ..store import ResultsStore
-
-    return None if no_store else ResultsStore(store)
-
-
 _DIST_HELP = ("Shard the examples across the processes torchrun starts (torch.distributed; NCCL on GPUs, gloo on "
               "CPUs); rank 0 writes the store. Implied when torchrun starts more than one process: "
               "`torchrun --nproc-per-node 4 -m robustbench_dyn sweep ...` (there write -n / --n-examples, not "
@@ -127,13 +122,12 @@ def evaluate_cmd(
         help="Examples (seeded subset). Default: all on a GPU, a ~1 minute subset on a CPU."),
     seed: int = typer.Option(0, "--seed", help="Subset seed (also seeds the attacks' random starts)."),
     setting: list[str] = typer.Option(None, "--set", help="Attack setting KEY=VALUE, repeatable: --set steps=50."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder (default: ROBUSTDYN_DATA, cache, sample)."),
-    store: Path = typer.Option(None, "--store", help="Results store (default: $ROBUSTDYN_STORE or "
-                               "results/robustdyn.sqlite)."),
-    no_store: bool = typer.Option(False, "--no-store", help="Do not write the results store."),
+    data_dir: Path = data_dir_option(),
+    store: Path = store_option(),
+    no_store: bool = no_store_option(),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     batch_size: int = typer.Option(None, "--batch-size", help="Examples per batch (and per committed chunk)."),
-    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder (default: the repo's models/)."),
+    models_dir: Path = models_dir_option(),
     untrained: bool = typer.Option(False, "--untrained", help="Evaluate a randomly initialised registry model "
                                    "(smoke tests; labelled untrained in output and store)."),
     distributed: bool = typer.Option(False, "--distributed", help=_DIST_HELP),
@@ -185,7 +179,7 @@ def evaluate_cmd(
                           "pass --n for more[/]")
     data.subset(n, seed)  # validates n and seed before anything runs
     bs = batch_size or default_batch_size(dev)
-    st = _open_store(store, no_store or (ctx is not None and not ctx.is_main))
+    st = open_store(store, no_store or (ctx is not None and not ctx.is_main))
     console.print(f"model   {_model_line(info)}")
     console.print(f"data    {data.label} ({data.source}), n={n}, seed={seed}")
     if getattr(data, "eps_note", None):  # time series: what eps means in the series' own units
@@ -238,12 +232,11 @@ def sweep_cmd(
         None, "--n", "-n", "--n-examples", help="Examples per model (default: the suite's n, else all on a GPU and a "
                           "CPU-sized subset on a CPU)."),
     seed: int = typer.Option(None, "--seed", help="Subset seed (default: the suite's)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder."),
-    store: Path = typer.Option(None, "--store", help="Results store (default: $ROBUSTDYN_STORE or "
-                               "results/robustdyn.sqlite)."),
+    data_dir: Path = data_dir_option("CIFAR-10 folder."),
+    store: Path = store_option(),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     batch_size: int = typer.Option(None, "--batch-size", help="Examples per batch (and per committed chunk)."),
-    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder."),
+    models_dir: Path = models_dir_option("Checkpoint folder."),
     untrained: bool = typer.Option(False, "--untrained", help="Randomly initialised models (smoke tests)."),
     no_checks: bool = typer.Option(False, "--no-checks", help="Skip the suite's sanity checks."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip models without a checkpoint instead of "
@@ -367,12 +360,12 @@ def check_cmd(
     checks: str = typer.Option(None, "--checks", help="Comma-separated subset of: eval_mode, deterministic, logits, "
                                "zero_gradient, large_eps, more_steps, black_box."),
     square_queries: int = typer.Option(None, "--square-queries", help="Square queries (default: 300 CPU, 5000 GPU)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder."),
-    store: Path = typer.Option(None, "--store", help="Results store."),
-    no_store: bool = typer.Option(False, "--no-store", help="Do not write the results store."),
+    data_dir: Path = data_dir_option("CIFAR-10 folder."),
+    store: Path = store_option("Results store."),
+    no_store: bool = no_store_option(),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     batch_size: int = typer.Option(None, "--batch-size", help="Examples per batch."),
-    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder."),
+    models_dir: Path = models_dir_option("Checkpoint folder."),
     untrained: bool = typer.Option(False, "--untrained", help="Randomly initialised registry model (smoke tests)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when a check fails."),
 ) -> None:
@@ -400,7 +393,7 @@ def check_cmd(
     data = _data(data_dir)
     if n is not None:
         data.subset(n, seed)
-    st = _open_store(store, no_store)
+    st = open_store(store, no_store)
     console.print(f"model   {_model_line(info)}")
     console.print(f"data    {data.label}, device {dev}")
     try:

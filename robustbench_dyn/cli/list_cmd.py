@@ -6,12 +6,13 @@ import typer
 from rich.table import Table
 
 from ._app import app, console
+from ._options import models_dir_option
 
 
 @app.command("list")
 def list_cmd(
     pattern: str = typer.Argument("*", help="Shell pattern(s), comma-separated: 'dyconv_*', 'resnet50_*', '*_at'."),
-    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder (default: the repo's models/)."),
+    models_dir: Path = models_dir_option(),
     csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
 ) -> None:
     """List the model zoo: family, depth, K, params, MACs, checkpoint present, clean accuracy."""

@@ -8,16 +8,16 @@ from pathlib import Path
 import typer
 
 from ._app import app, console
+from ._options import models_dir_option, store_option
 
 
 @app.command("report")
 def report_cmd(
-    store: Path = typer.Option(None, "--store", help="Results store (default: $ROBUSTDYN_STORE or "
-                               "results/robustdyn.sqlite)."),
+    store: Path = store_option(),
     out: Path = typer.Option(Path("reports"), "--out", "-o", help="Output folder: index.md, index.html, figures/, "
                              "tables/."),
-    models_dir: Path = typer.Option(None, "--models-dir", help="Zoo folder whose manifest.json gives the training "
-                                    "curves (default: the repo's models/)."),
+    models_dir: Path = models_dir_option("Zoo folder whose manifest.json gives the training curves (default: the "
+                                              "repo's models/)."),
     sections: str = typer.Option(None, "--sections", help="Comma-separated section ids to build (default: all; "
                                  "see --list-sections)."),
     list_sections: bool = typer.Option(False, "--list-sections", help="List the registered sections and exit."),

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._app import app, check_counts, console, err_console
+from ._options import STORE_DEFAULT, data_dir_option, models_dir_option, no_store_option, store_option
 
 
 def _model_names(models: str) -> list[str]:
@@ -50,12 +51,10 @@ def threats_cmd(
     steps: int = typer.Option(20, "--steps", help="PGD steps of every attack."),
     seed: int = typer.Option(0, "--seed", help="Subset seed (also seeds the random starts)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
-    store: Path = typer.Option(None, "--store", help="Results store (default: $ROBUSTDYN_STORE or "
-                               "results/robustdyn.sqlite); rows already there are reused."),
-    no_store: bool = typer.Option(False, "--no-store", help="Do not read or write the results store."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="CIFAR-10 folder (default: ROBUSTDYN_DATA, cache, "
-                                  "sample)."),
-    models_dir: Path = typer.Option(None, "--models-dir", help="Checkpoint folder (default: the repo's models/)."),
+    store: Path = store_option(f"{STORE_DEFAULT}; rows already there are reused."),
+    no_store: bool = no_store_option("Do not read or write the results store."),
+    data_dir: Path = data_dir_option(),
+    models_dir: Path = models_dir_option(),
     batch_size: int = typer.Option(None, "--batch-size", help="Examples per attacked batch."),
     untrained: bool = typer.Option(False, "--untrained", help="Randomly initialised models (smoke tests only)."),
 ) -> None:

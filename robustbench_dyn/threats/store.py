@@ -24,11 +24,11 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 
 from ..errors import StoreError
+from ..store import SideTable, insert_sql, read_table
 
 THREATS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS threats (
@@ -94,32 +94,10 @@ def _json_default(v):
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
-class ThreatStore:
+class ThreatStore(SideTable):
     """The ``threats`` table of the results store at ``path`` (default: the results store's default)."""
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        from ..store import ResultsStore
-
-        rs = ResultsStore(path)  # creates the main schema, or refuses a foreign/corrupt file
-        self.path = rs.path
-        rs.close()
-        try:
-            self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self._con.execute("PRAGMA busy_timeout = 30000")
-            self._con.execute("PRAGMA journal_mode = WAL")
-            self._con.execute(THREATS_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"results store {self.path}: cannot create the threats table ({e})",
-                             "pass another --store path") from None
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> ThreatStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    TABLE, SCHEMA = "threats", THREATS_SCHEMA
 
     def get(self, key: ThreatKey) -> dict | None:
         """The stored result for ``key``, or None."""
@@ -139,7 +117,7 @@ class ThreatStore:
                 "device": device, "untrained": int(untrained),
                 "result": json.dumps(_finite(result), sort_keys=True, default=_json_default, allow_nan=False),
                 "duration_s": duration_s, "robustdyn_version": __version__, "created_at": _now()}
-        sql = f"INSERT OR REPLACE INTO threats ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        sql = insert_sql("threats", cols)
         for attempt in range(5):
             try:
                 self._con.execute(sql, tuple(cols.values()))
@@ -153,9 +131,16 @@ class ThreatStore:
     def frame(self, threat: str | None = None, *, decode: bool = True) -> pd.DataFrame:
         """All rows (of one threat), with ``settings`` and ``result`` decoded into dict columns and the
         result's scalar fields spread into columns when ``decode``."""
-        sql = "SELECT * FROM threats" + (" WHERE threat = ?" if threat else "") + " ORDER BY model, threat, eps"
-        df = pd.read_sql_query(sql, self._con, params=(threat,) if threat else ())
+        sql, params = _select(threat)
+        df = pd.read_sql_query(sql, self._con, params=params)
         return decode_frame(df) if decode else df
+
+
+def _select(threat: str | None) -> tuple[str, tuple]:
+    """The query for all rows (of one threat) and its parameters."""
+    if threat:
+        return "SELECT * FROM threats WHERE threat = ? ORDER BY model, threat, eps", (threat,)
+    return "SELECT * FROM threats ORDER BY model, threat, eps", ()
 
 
 def decode_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -181,19 +166,4 @@ def decode_frame(df: pd.DataFrame) -> pd.DataFrame:
 def read_threats(path: str | os.PathLike | None = None, threat: str | None = None) -> pd.DataFrame:
     """The decoded ``threats`` table of the store at ``path`` (empty frame when it has none). Read-only:
     never creates the file or the table."""
-    from ..store import default_store_path
-
-    p = Path(path) if path is not None else default_store_path()
-    if not p.is_file():
-        return pd.DataFrame()
-    con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=30.0)
-    try:
-        has = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'threats'").fetchone()
-        if not has:
-            return pd.DataFrame()
-        sql = "SELECT * FROM threats" + (" WHERE threat = ?" if threat else "") + " ORDER BY model, threat, eps"
-        return decode_frame(pd.read_sql_query(sql, con, params=(threat,) if threat else ()))
-    except sqlite3.DatabaseError as e:
-        raise StoreError(f"results store {p} could not be read ({e})", "pass another --store path") from None
-    finally:
-        con.close()
+    return decode_frame(read_table(path, "threats", *_select(threat)))
