@@ -313,14 +313,21 @@ def summary_row(res: dict) -> dict:
 def audit_checkpoint(name: str, *, n: int = 1000, seed: int = 0, data_dir=None, device: str = "cpu",
                      models_dir=None, batch_size: int = 500, per_layer: bool = True,
                      progress: Callable[[str], None] | None = None) -> dict:
-    """Audit a zoo checkpoint on ``n`` seeded test images; the result names the checkpoint and the data."""
+    """Audit a zoo checkpoint on ``n`` seeded test examples of its own data (CIFAR-10 images, or the test
+    series of a ``ts_*`` model's set); the result names the checkpoint and the data."""
     from .checkpoints import read_manifest
     from .evaluation import load_data
-    from .registry import load_model, resolve_name
+    from .registry import get_spec, load_model, resolve_name
 
     name = resolve_name(name)
     model = load_model(name, models_dir=models_dir, device=device)
-    data, warns = load_data(data_dir)
+    dataset = getattr(get_spec(name), "dataset", None)
+    if dataset:  # a time-series model: its bundled UCR/UEA test split
+        from .timeseries.data import load_timeseries
+
+        data, warns = load_timeseries(dataset, "test"), []
+    else:
+        data, warns = load_data(data_dir)
     idx = data.subset(min(n, len(data)), seed=seed)
     x, y = data.tensors(idx, device=device)
     res = audit_model(model, x, y, batch_size=batch_size, seed=seed, per_layer=per_layer, progress=progress)

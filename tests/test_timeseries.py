@@ -236,6 +236,19 @@ def test_cli_evaluate_series_model(capsys):
     assert "ItalyPowerDemand" in out and "standard deviation" in out
 
 
+
+def test_audit_checkpoint_uses_the_series_test_split():
+    """`robustdyn audit --model ts_*` audits on the model's own test series (not CIFAR-10 images)."""
+    _need_set("GunPoint")
+    from robustbench_dyn.audit import audit_checkpoint
+    from robustbench_dyn.checkpoints import checkpoint_present
+
+    if not checkpoint_present("ts_gunpoint_gated"):
+        pytest.skip("ts_gunpoint_gated has no committed checkpoint here")
+    res = audit_checkpoint("ts_gunpoint_gated", n=12, per_layer=False)
+    assert res["n"] == 12 and "GunPoint" in res["data"] and res["verdict"] in ("dynamic", "static")
+    assert res["checkpoint_sha256"] and res["gates"]["conditional_frac"] is not None
+
 # ---------------------------------------------------------------------------------------------- report
 
 class _Ctx:
@@ -295,3 +308,30 @@ def test_report_section_from_csvs(tmp_path):
     assert "Robust accuracy" in res.markdown and "GunPoint" in res.markdown and "Compared with CIFAR-10" in res.markdown
     assert any("dyconv_k4: robust-accuracy gap" in f for f in res.findings)
     assert (tmp_path / "figures" / "ts_robust_acc_vs_eps.png").exists()
+
+
+def test_report_reads_the_worst_case_and_flags_pgd_weaker_than_fgsm(tmp_path):
+    """With FGSM, PGD and their per-series worst case in the CSV, the comparison reads the worst case, and a
+    model on which PGD is far weaker than FGSM (a gradient-masking sign) gets a finding with the numbers."""
+    from robustbench_dyn.report.timeseries_sections import beyond_images
+
+    d = tmp_path / "timeseries"
+    d.mkdir()
+    rows = []
+    for v in ("static", "odconv_k4"):
+        for e in (0.05, 0.1, 0.2):
+            acc = {"fgsm": 0.9 - 2 * e, "pgd": 0.9 - 2.5 * e, "worst": 0.9 - 2.5 * e}
+            if v == "odconv_k4":
+                acc = {"fgsm": 0.1, "pgd": 0.85, "worst": 0.05}
+            for attack, a in acc.items():
+                rows.append({"model": f"ts_gunpoint_{v}", "dataset": "GunPoint", "variant": v, "attack": attack,
+                             "eps_input": e / 25.5, "eps_std": e, "n": 150, "clean_acc": 0.9, "robust_acc": a,
+                             "attn_kl": 0.02 if (v != "static" and attack == "pgd") else np.nan})
+    pd.DataFrame(rows).to_csv(d / "robustness.csv", index=False)
+    res = beyond_images(_Ctx(tmp_path))
+    flagged = [f for f in res.findings if "weaker than one FGSM step" in f]
+    assert len(flagged) == 1 and flagged[0].startswith("ts_gunpoint_odconv_k4") and "3 of 3 eps" in flagged[0]
+    gap = next(f for f in res.findings if f.startswith("odconv_k4: robust-accuracy gap"))
+    assert "worst case of FGSM and PGD" in res.markdown
+    # eps* of static (worst case) is 0.2 std (0.40, nearest half of 0.9); odconv's worst case there is 0.05
+    assert "-35.0 pt" in gap.replace("−", "-")

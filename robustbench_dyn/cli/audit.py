@@ -64,7 +64,7 @@ def audit_cmd(
         return
     console.print(f"[bold]{res['model']}[/bold]: [bold]{res['verdict']}[/bold] ({res.get('why', '')})")
     console.print(f"rule: {res['rule']}", markup=False, highlight=False)
-    console.print(f"n={res['n']} test images of {res['data']} (subset seed {seed}), clean accuracy "
+    console.print(f"n={res['n']} test examples of {res['data']} (subset seed {seed}), clean accuracy "
                   f"{100 * res['clean_acc']:.2f} %, eval mode, fp32, {dev}", markup=False, highlight=False)
     a = res.get("attention")
     if a:

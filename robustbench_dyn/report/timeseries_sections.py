@@ -102,6 +102,10 @@ def beyond_images(ctx: ReportContext) -> SectionResult:
         raise SectionSkipped("no time-series results (reports/timeseries/robustness.csv); run "
                              "`python -m robustbench_dyn.timeseries.evaluate`")
     rob = pd.read_csv(d / "robustness.csv")
+    #: the attack the figures and the comparison read: the per-series worst case over FGSM and PGD where the
+    #: evaluation wrote it (PGD alone can be weaker than FGSM on these models), else PGD
+    main = "worst" if (rob.attack == "worst").any() else "pgd"
+    main_txt = "worst case of FGSM and PGD per series" if main == "worst" else "PGD"
     acc = pd.read_csv(d / "accuracy.csv") if (d / "accuracy.csv").exists() else pd.DataFrame()
     aud = pd.read_csv(d / "audit.csv") if (d / "audit.csv").exists() else pd.DataFrame()
     files, findings, md = [], [], []
@@ -143,7 +147,7 @@ def beyond_images(ctx: ReportContext) -> SectionResult:
     datasets = sorted(set(rob.dataset))
     fig, axes = ctx.figure(1, len(datasets), size=(3.2, 2.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
-        sub = rob[(rob.dataset == ds) & (rob.attack == "pgd")]
+        sub = rob[(rob.dataset == ds) & (rob.attack == main)]
         for v in sorted(set(sub.variant), key=_vkey):
             c = sub[sub.variant == v].sort_values("eps_std")
             xs = [0.0] + list(c.eps_std)
@@ -151,16 +155,28 @@ def beyond_images(ctx: ReportContext) -> SectionResult:
             ax.plot(xs, ys, marker="o", label=v)
         ax.set_title(ds)
         ax.set_xlabel("eps (fraction of series std)")
-        ax.set_ylabel("PGD robust acc (%)")
+        ax.set_ylabel("robust acc (%)")
     axes[0][0].legend(fontsize=7)
     png = ctx.save_figure(fig, "ts_robust_acc_vs_eps")
     files.append(png)
-    md.append(ctx.md_figure(png, "PGD robust accuracy vs eps on the time-series sets"))
+    md.append(ctx.md_figure(png, f"Robust accuracy ({main_txt}) vs eps on the time-series sets"))
 
+    if {"fgsm", "pgd"} <= set(rob.attack):  # an iterative attack weaker than one step: gradient-masking sign
+        w = rob[rob.attack.isin(["fgsm", "pgd"])].pivot_table(index=["model", "eps_std"], columns="attack",
+                                                               values="robust_acc").reset_index()
+        w["n"] = [int(rob[rob.model == m].n.iloc[0]) for m in w.model]
+        se = ((w.pgd * (1 - w.pgd) + w.fgsm * (1 - w.fgsm)) / w.n) ** 0.5
+        bad = w[(w.pgd - w.fgsm) > 2 * se + 0.02]
+        for m, g in bad.groupby("model", sort=False):
+            worst = g.loc[(g.pgd - g.fgsm).idxmax()]
+            findings.append(f"{m}: PGD-20 (step eps/4, random start) is weaker than one FGSM step at {len(g)} of "
+                            f"{int((w.model == m).sum())} eps (largest at {worst.eps_std:g} std: PGD "
+                            f"{100 * worst.pgd:.1f} % vs FGSM {100 * worst.fgsm:.1f} %, n={int(worst.n)}): a "
+                            "gradient-masking sign; read the worst-case column, and treat PGD alone as an upper bound.")
     dyn = rob[(rob.variant != "static") & (rob.attack == "pgd")]
     if not dyn.empty:
-        sh = dyn[["dataset", "variant", "eps_std", "attn_kl", "attn_tv", "dominant_changed", "gate_density_clean",
-                  "gate_density_adv"]].copy()
+        sh = dyn[[c for c in ("dataset", "variant", "eps_std", "attn_kl", "attn_tv", "dominant_changed",
+                              "gate_density_clean", "gate_density_adv") if c in dyn]].copy()
         files.append(ctx.save_table(sh, "ts_dynamics_shift"))
         md += ["### Attention and gate shift under PGD (means over the attacked series)",
                ctx.md_table(sh.round(4).astype(object).where(sh.notna(), ""))]
@@ -180,7 +196,10 @@ def beyond_images(ctx: ReportContext) -> SectionResult:
     # comparison with CIFAR-10 (unit-free: each domain at the eps where its static model keeps half its accuracy)
     rows = []
     for ds in datasets:
-        sub = rob[(rob.dataset == ds) & (rob.attack == "pgd")].rename(columns={"eps_input": "eps"})
+        sub = rob[(rob.dataset == ds) & (rob.attack == main)].rename(columns={"eps_input": "eps"})
+        if main != "pgd":  # the attention shift is measured under PGD
+            kl = rob[rob.attack == "pgd"].set_index(["model", "eps_input"]).attn_kl
+            sub = sub.assign(attn_kl=[kl.get((m, e), np.nan) for m, e in zip(sub.model, sub.eps, strict=True)])
         rows += _domain_rows(sub, ds, "std")
     cif = _cifar_pgd(ctx)
     if not cif.empty:
@@ -197,7 +216,8 @@ def beyond_images(ctx: ReportContext) -> SectionResult:
         show["attention KL at eps*"] = show["attention KL at eps*"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
         md += ["### Compared with CIFAR-10",
                "Each domain at eps*, the grid eps where its static model keeps closest to half its clean accuracy "
-               "(PGD); gap = dynamic minus static robust accuracy there.", ctx.md_table(show)]
+               f"(time series: {main_txt}; CIFAR-10: PGD); gap = dynamic minus static robust accuracy there; "
+               "attention KL under PGD.", ctx.md_table(show)]
         for v in VARIANT_ORDER[1:]:
             ts_g = cmp_[(cmp_.variant == v) & (cmp_.domain != "CIFAR-10")]["gap (pt)"]
             cf_g = cmp_[(cmp_.variant == v) & (cmp_.domain == "CIFAR-10")]["gap (pt)"]
