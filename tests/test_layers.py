@@ -21,6 +21,9 @@ from robustbench_dyn.layers import (
 
 CHANNELS = [(3, 8), (16, 16), (16, 32)]
 TOL = 1e-5
+#: parameter gradients sum over batch x pixels (~1000 terms here), accumulated in another order by each path:
+#: fp32 rounding reaches ~2e-5 relative on some CPUs (measured on an AMD EPYC); a wrong path errs by O(1)
+GRAD_TOL = 1e-4
 
 
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -141,7 +144,7 @@ def test_dyconv_modes_agree_with_grouped_in_fp32_with_gradients(mode, cin, cout,
     y1, g1 = _outputs_and_grads(layer, x, mode)
     assert _max_err(y0, y1) < TOL
     for name in g0:
-        assert _max_err(g0[name], g1[name]) < TOL * max(1.0, g0[name].abs().max().item()), name
+        assert _max_err(g0[name], g1[name]) < GRAD_TOL * max(1.0, g0[name].abs().max().item()), name
 
 
 def test_dyconv_auto_is_dense_for_small_outputs_on_cpu(rng):
@@ -244,7 +247,7 @@ def test_odconv_modes_agree_with_grouped_in_fp32_with_gradients(mode, cin, cout,
     y1, g1 = _outputs_and_grads(layer, x, mode)
     assert _max_err(y0, y1) < TOL
     for name in g0:
-        assert _max_err(g0[name], g1[name]) < TOL * max(1.0, g0[name].abs().max().item()), name
+        assert _max_err(g0[name], g1[name]) < GRAD_TOL * max(1.0, g0[name].abs().max().item()), name
     layer.eval()
     with torch.no_grad():
         assert _max_err(layer(x), odconv_reference(layer, x)) < TOL

@@ -13,7 +13,8 @@ def evaluate_corruptions_cmd(*, model: str, attack: str, severity: str | None, e
                              store: Path | None, no_store: bool, device: str, batch_size: int | None,
                              models_dir: Path | None, untrained: bool, distributed: bool) -> None:
     from ..cli._app import check_counts, console
-    from ..cli.evaluate import _data, _interrupted, _load, _model_line, _open_store, _pct, _progress
+    from ..cli._options import open_store
+    from ..cli.evaluate import _data, _interrupted, _load, _model_line, _pct, _progress
     from ..errors import ConfigError
     from ..evaluation import default_batch_size, default_n, resolve_device
     from .evaluate import parse_selection, run_corruptions
@@ -32,7 +33,7 @@ def evaluate_corruptions_cmd(*, model: str, attack: str, severity: str | None, e
         n = default_n(dev, len(data))
     data.subset(n, seed)
     bs = batch_size or default_batch_size(dev)
-    st = _open_store(store, no_store)
+    st = open_store(store, no_store)
     console.print(f"model   {_model_line(info)}")
     console.print(f"data    {data.label} ({data.source}), n={n}, seed={seed}")
     console.print(f"corrupt {len(names)} corruption(s) x severities {','.join(map(str, sevs))} "
