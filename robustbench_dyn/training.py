@@ -329,8 +329,32 @@ def _save_state(run_dir: Path, model, opt, best, meta: dict) -> None:
     os.replace(run_dir / ".state.tmp.json", run_dir / "state.json")
 
 
+# Recipe fields that do not change what is trained: a run may resume with other values.
+_RESUME_FREE_FIELDS = ("note", "threads")
+
+
+def _read_state_meta(run_dir: Path) -> dict:
+    return json.loads((run_dir / "state.json").read_text())
+
+
+def _recipe_changes(saved: dict, current: dict) -> list[str]:
+    """The settings in which ``current`` differs from the ``saved`` recipe of an unfinished run.
+
+    A field that an older state lacks counts as its default (the field was added since), so adding a
+    recipe field does not orphan the runs under way."""
+    defaults = asdict(Recipe())
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        if key in _RESUME_FREE_FIELDS:
+            continue
+        old, new = saved.get(key, defaults.get(key)), current.get(key, defaults.get(key))
+        if old != new:
+            changes.append(f"{key}: {old!r} then, {new!r} now")
+    return changes
+
+
 def _load_state(run_dir: Path, model, opt, device) -> tuple[dict | None, dict]:
-    meta = json.loads((run_dir / "state.json").read_text())
+    meta = _read_state_meta(run_dir)
     tensors = load_file(str(run_dir / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for i, group in enumerate(opt.param_groups):
@@ -411,18 +435,17 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
     elapsed_before = 0.0
     recipe_json = asdict(r)
     if resume and (run_dir / "state.json").exists():
+        changed = _recipe_changes(_read_state_meta(run_dir).get("recipe") or {}, recipe_json)
+        if changed:
+            raise ConfigError(
+                f"{run_dir} holds an unfinished run of {name} with another recipe ({'; '.join(changed)})",
+                "rerun with the settings it was started with to resume it, or pass --no-resume "
+                "(or another --run-dir) to start over and discard it")
         best, meta = _load_state(run_dir, model, opt, dev)
-        if meta.get("recipe") != recipe_json:
-            log(f"[{name}] {run_dir} holds a run with another recipe: starting over")
-            best, start_epoch = None, 0
-            model = create_model(name, **arch_over).to(dev)
-            opt = torch.optim.SGD(param_groups(model, r.weight_decay, r.no_decay_dynamic),
-                                  lr=r.lr, momentum=r.momentum, nesterov=True)
-        else:
-            start_epoch, step = meta["epoch"], meta["step"]
-            total_epochs, best_score = meta["total_epochs"], meta["best_score"]
-            history, elapsed_before = meta["history"], meta["elapsed_s"]
-            log(f"[{name}] resumed after epoch {start_epoch}/{total_epochs}")
+        start_epoch, step = meta["epoch"], meta["step"]
+        total_epochs, best_score = meta["total_epochs"], meta["best_score"]
+        history, elapsed_before = meta["history"], meta["elapsed_s"]
+        log(f"[{name}] resumed after epoch {start_epoch}/{total_epochs}")
     use_bf16 = r.bf16 and (on_cuda or cpu_bf16_supported())
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
     total_planned = (total_epochs or r.max_epochs) * steps_per_epoch

@@ -204,6 +204,29 @@ def test_resume_continues_from_saved_epoch(tiny_data, tmp_models_dir, tmp_path):
     assert again["epochs"] == 2 and again["metrics"]["clean_acc"] == pytest.approx(first["metrics"]["clean_acc"])
 
 
+def test_resume_refuses_another_recipe_but_tolerates_new_fields_and_notes(tiny_data, tmp_models_dir, tmp_path):
+    r = Recipe(**{**_recipe(epochs=1, max_steps=None).__dict__, "note": "first"})
+    run_dir = tmp_path / "run"
+    train("static", r, data_dir=tiny_data, models_dir=tmp_models_dir, run_dir=run_dir, device="cpu",
+          verbose=False, save=False)
+    state_file = run_dir / "state.json"
+    state = json.loads(state_file.read_text())
+    # a state written before a recipe field existed (the field takes its default) still resumes
+    del state["recipe"]["budget_gates"]
+    state_file.write_text(json.dumps(state))
+    logs = []
+    train("static", Recipe(**{**r.__dict__, "note": "another note", "threads": 1}), data_dir=tiny_data,
+          models_dir=tmp_models_dir, run_dir=run_dir, device="cpu", log=logs.append, verbose=False, save=False)
+    assert any("resumed after epoch 1/1" in line for line in logs)
+    # a real change is refused, naming the setting, and the saved state is kept
+    before = state_file.read_bytes()
+    with pytest.raises(ConfigError, match=r"lr: .* then, 0\.5 now") as err:
+        train("static", Recipe(**{**r.__dict__, "lr": 0.5}), data_dir=tiny_data, models_dir=tmp_models_dir,
+              run_dir=run_dir, device="cpu", verbose=False, save=False)
+    assert "--no-resume" in err.value.fix
+    assert state_file.read_bytes() == before
+
+
 def test_time_budget_and_epoch_sync(tiny_data, tmp_models_dir, tmp_path):
     sync = tmp_path / "sync"
     sync.mkdir()
