@@ -328,31 +328,12 @@ AUDIT_FIGURES = {
 }
 
 
-def split_run(ctx: ReportContext, model: str, ref: tuple[str, str]) -> tuple[pd.Series, pd.DataFrame] | None:
-    """The ``ref`` run of ``model`` with the most even split of clean-correct examples into broken and surviving
-    (ties: nearest the standard eps; the rule of the attention-shift section), and its clean-correct examples
-    with a ``broken`` column (broken: adv_pred != label)."""
-    best = None
-    for r in ctx.curve(model, *ref).itertuples():
-        if r.eps <= 0:
-            continue
-        ex = ctx.examples(int(r.run_id))
-        ok = ex[ex.clean_pred == ex.label]
-        nb = int((ok.adv_pred != ok.label).sum())
-        score = (min(nb, len(ok) - nb), -abs(r.eps - STANDARD_EPS.get(ref[1], 0)))
-        if best is None or score > best[0]:
-            best = (score, pd.Series(r._asdict()), ok)
-    if best is None:
-        return None
-    return best[1], best[2].assign(broken=(best[2].adv_pred != best[2].label).to_numpy())
-
-
 def broken_vs_surviving(ctx: ReportContext, models: list[str], ref: tuple[str, str]) -> tuple[pd.DataFrame, list[str]]:
     """Per dynamic model and measure: means of broken and surviving examples, difference with bootstrap 95% CI,
     Cohen's d and rank-biserial r; and notes on models with no comparison."""
     rows, notes = [], []
     for m in models:
-        sel = split_run(ctx, m, ref)
+        sel = ctx.balanced_split(m, ref)
         if sel is None:
             notes.append(f"{ctx.label(m)}: no {ref[0]} run at ε > 0")
             continue
@@ -493,7 +474,8 @@ def why_section(ctx: ReportContext) -> SectionResult:
                   "groups present" + (f" ({'; '.join(notes)})" if notes else "") + ".")
     elif len(bvs):
         files.append(ctx.save_table(bvs, "why_broken_vs_surviving"))
-        md.append(f"Clean-correct examples under {ref[0]} ({ref[1]}), split into **broken** (adv_pred ≠ label) and "
+        md.append(f"Clean-correct examples under {ref[0]} ({ref[1]}), split into **broken** "
+                  "(a correct prediction the attack changed) and "
                   "**surviving** (still correct); per model the ε of its sweep with the most even split. Δ = mean of "
                   f"broken − mean of surviving, 95% bootstrap interval ({N_BOOT} resamples per group, seed "
                   f"{BOOT_SEED}); "

@@ -469,6 +469,28 @@ class ReportContext:
                  & (r.dataset_digest == best.dataset_digest)]
         return same.sort_values("eps")
 
+    def balanced_split(self, model: str, ref: tuple[str, str], *, detail: bool = False
+                       ) -> tuple[pd.Series, pd.DataFrame] | None:
+        """The run of ``model``'s ``ref`` (label, norm) curve whose clean-correct examples split most evenly into
+        broken and surviving (ties: the eps nearest the standard one), and those examples with a boolean
+        ``broken`` column. Broken = ``broken_at`` set: the attack changed a correct prediction, as the store counts
+        robust accuracy. None when the curve has no run at eps > 0."""
+        best = None
+        for r in self.curve(model, *ref).itertuples():
+            if r.eps <= 0:
+                continue
+            ex = self.examples(int(r.run_id))
+            ok = ex[ex.clean_pred == ex.label]
+            nb = int(ok.broken_at.notna().sum())
+            score = (min(nb, len(ok) - nb), -abs(r.eps - STANDARD_EPS.get(ref[1], 0)))
+            if best is None or score > best[0]:
+                best = (score, pd.Series(r._asdict()))
+        if best is None:
+            return None
+        ex = self.examples(int(best[1].run_id), detail=detail)
+        ok = ex[ex.clean_pred == ex.label]
+        return best[1], ok.assign(broken=ok.broken_at.notna().to_numpy())
+
     def clean_run(self, model: str) -> pd.Series | None:
         """The run with most examples of ``model`` (any attack): its clean predictions give clean accuracy."""
         return self._best(self.runs[self.runs.model == model])

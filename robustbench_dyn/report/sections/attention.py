@@ -190,25 +190,6 @@ def _max_k(ctx: ReportContext, m: str) -> int | None:
 #: The store keeps per-layer KL to 6 decimals; below this it is 0 and is drawn at the floor on a log axis.
 LAYER_KL_FLOOR = 1e-6
 
-def _balanced_run(ctx: ReportContext, m: str, ref: tuple[str, str]) -> tuple[pd.Series, pd.DataFrame] | None:
-    """The eps of the ``ref`` curve with the most even split of clean-correct examples into broken and surviving."""
-    best = None
-    for r in ctx.curve(m, *ref).itertuples():
-        if r.eps <= 0:
-            continue
-        ex = ctx.examples(int(r.run_id))
-        ok = ex[ex.clean_pred == ex.label]
-        nb = int((ok.broken_at.notna()).sum())
-        ns = len(ok) - nb
-        score = (min(nb, ns), -abs(r.eps - STANDARD_EPS[ref[1]]))
-        if best is None or score > best[0]:
-            best = (score, pd.Series(r._asdict()))
-    if best is None:
-        return None
-    ex = ctx.examples(int(best[1].run_id), detail=True)
-    return best[1], ex[ex.clean_pred == ex.label]
-
-
 def _layer_names(ctx: ReportContext, m: str, n_layers: int) -> list[str]:
     att = ctx.layout(m).get("attention") or []
     names = [a.get("name", str(i)) for i, a in enumerate(att)]
@@ -232,7 +213,7 @@ def attention_shift(ctx: ReportContext) -> SectionResult:
     from scipy.stats import mannwhitneyu
 
     for m in models:
-        sel = _balanced_run(ctx, m, ref)
+        sel = ctx.balanced_split(m, ref, detail=True)
         if sel is None:
             continue
         run, ok = sel
@@ -240,8 +221,8 @@ def attention_shift(ctx: ReportContext) -> SectionResult:
             notes.append(f"{m}: no per-layer detail stored; skipped.")
             continue
         ok = ok[ok.kl_layers.notna()]
-        broken = ok[ok.broken_at.notna()]
-        surv = ok[ok.broken_at.isna()]
+        broken = ok[ok.broken]
+        surv = ok[~ok.broken]
         eps = float(run.eps)
         kl_b = np.stack(broken.kl_layers.to_numpy()) if len(broken) else np.zeros((0, 0))
         kl_s = np.stack(surv.kl_layers.to_numpy()) if len(surv) else np.zeros((0, 0))
