@@ -213,6 +213,12 @@ class ResultsStore(_StoreFile):
     def _open(self) -> sqlite3.Connection:
         p = self.path
         if p.is_dir():
+            from .store_pack import is_pack
+
+            if is_pack(p):
+                raise StoreError(f"{p} is a results-store pack (a folder for git), which only `robustdyn report` "
+                                 "reads directly", f"unpack it to write into it: `robustdyn store unpack {p} "
+                                 f"results/robustdyn.sqlite`, then `robustdyn store pack results/robustdyn.sqlite {p}`")
             raise StoreError(f"results store {p} is a folder, not a file", "pass a file path such as results/x.sqlite")
         if p.exists() and p.stat().st_size > 0:
             with open(p, "rb") as f:

@@ -13,7 +13,7 @@ import sys
 from . import list_cmd  # noqa: F401,E402  (registers `list`)
 from ._app import app, console, err_console  # noqa: F401
 
-_OPTIONAL = ("evaluate", "report", "bench", "threats", "audit")
+_OPTIONAL = ("evaluate", "report", "bench", "threats", "audit", "store_cmd")
 PROG = "robustdyn"
 
 

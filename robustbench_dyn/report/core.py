@@ -281,6 +281,7 @@ class ReportContext:
                  generated_at: datetime | None = None, dpi: int = 130, tsne_max: int = 500) -> None:
         self.store = store
         self.store_path = Path(store.path)
+        self.store_label = str(getattr(store, "source", None) or store.path)
         self.out = Path(out)
         self.fig_dir = self.out / "figures"
         self.table_dir = self.out / "tables"
@@ -302,12 +303,12 @@ class ReportContext:
         checks = self.store.checks_df()
         self.extra_tables = _extra_tables(self.store_path)
         if runs.empty and checks.empty and not self.extra_tables:
-            raise EmptyStoreError(f"results store {self.store_path} holds no runs",
+            raise EmptyStoreError(f"results store {self.store_label} holds no runs",
                                   "run `robustdyn sweep --suite attacks/standard.toml --models '*'` "
                                   "(or `robustdyn evaluate`) first, or pass --store")
         runs = runs[runs.n_done > 0].copy()
         if runs.empty and checks.empty and not self.extra_tables:
-            raise EmptyStoreError(f"results store {self.store_path} has runs but no example rows yet",
+            raise EmptyStoreError(f"results store {self.store_label} has runs but no example rows yet",
                                   "wait for the sweep to commit its first batch, or rerun it")
         if runs.empty:
             self.notes.append("The store holds no evaluated examples yet" + (" (only sanity checks)" if len(checks)
@@ -661,8 +662,14 @@ class Report:
 def open_store_for_report(store_path: str | os.PathLike | None):
     """Open an existing store read-only in spirit (never creates one): a missing path is an EmptyStoreError."""
     from ..store import ResultsStore, default_store_path
+    from ..store_pack import materialize
 
     p = Path(store_path) if store_path is not None else default_store_path()
+    if p.is_dir():
+        p, source = materialize(p)
+        st = ResultsStore(p)
+        st.source = source  # what the report names: the pack the user passed, not the unpacked copy
+        return st
     if not p.exists():
         raise EmptyStoreError(f"no results store at {p}",
                               "run `robustdyn sweep --suite attacks/standard.toml --models '*'` first, or pass "
@@ -717,7 +724,7 @@ def build_report(store: str | os.PathLike | Any | None = None, out: str | os.Pat
         files = sorted({f for _, r in built for f in r.files})
         _cleanup(out, old_files, set(files))
         (out / "report.json").write_text(json.dumps({
-            "generated_at": ctx.generated_at.isoformat(timespec="seconds"), "store": str(ctx.store_path),
+            "generated_at": ctx.generated_at.isoformat(timespec="seconds"), "store": ctx.store_label,
             "sections": [s.id for s, _ in built], "missing": missing, "failed": failed, "files": files},
             indent=1), encoding="utf-8")
         return Report(out, index_md, index_html, [s.id for s, _ in built], missing, failed, files)
@@ -790,7 +797,7 @@ def _index_markdown(ctx: ReportContext, built: list[tuple[Section, SectionResult
                      or {"unknown device"})
     lines = ["# Adversarial robustness of dynamic CNNs: report", ""]
     lines.append(f"Generated {ctx.generated_at.strftime('%Y-%m-%d %H:%M UTC')} by robustbench_dyn {__version__} "
-                 f"from the results store `{ctx.store_path}` ({len(runs)} runs, {len(ctx.models)} models).")
+                 f"from the results store `{ctx.store_label}` ({len(runs)} runs, {len(ctx.models)} models).")
     lines.append("")
     lines.append(f"- **Data:** {', '.join(labels)}.")
     if any("JPEG" in lbl for lbl in labels):
