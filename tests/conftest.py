@@ -29,6 +29,7 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     private = tmp_path_factory.mktemp("robustdyn-env")
     monkeypatch.setenv("ROBUSTDYN_CACHE", str(private / "cache"))
     monkeypatch.setenv("ROBUSTDYN_STORE", str(private / "results.sqlite"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(private / "xdg"))  # e.g. results-store packs unpacked for reading
 
 
 @pytest.fixture

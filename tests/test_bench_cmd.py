@@ -9,24 +9,17 @@ import sqlite3
 import pandas as pd
 import pytest
 import torch
+from _cli import run_cli as run
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustbench_dyn.bench import BenchRow, BenchStore, parse_batch_sizes, read_bench, summary
 from robustbench_dyn.checkpoints import checkpoint_present
-from robustbench_dyn.cli import main
 from robustbench_dyn.costs import gated_cost
 from robustbench_dyn.data import load_sample
 from robustbench_dyn.errors import ConfigError
 from robustbench_dyn.layers import GateRecorder
 from robustbench_dyn.layers.gate_skip import gate_skip, supports_gate_skip
 from robustbench_dyn.registry import create_model, load_model
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code or 0, out, err
 
 
 def _images(n: int) -> torch.Tensor:

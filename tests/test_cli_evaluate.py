@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run_cli as run
 
-from robustbench_dyn.cli import main
 from robustbench_dyn.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,11 +23,6 @@ def _env(monkeypatch, tmp_path):
     monkeypatch.setenv("ROBUSTDYN_STORE", str(tmp_path / "default.sqlite"))
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code or 0, out, err
 
 
 # ------------------------------------------------------------------------------------------ smoke

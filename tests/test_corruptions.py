@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli as _run
 
-from robustbench_dyn.cli import main
 from robustbench_dyn.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from robustbench_dyn.corruptions import _ops as O
 from robustbench_dyn.data import load_sample
@@ -159,11 +159,6 @@ def test_accuracy_falls_with_severity_static_checkpoint():
 
 # ----------------------------------------------------------------------------------------- CLI and store
 
-def _run(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code or 0, out, err
 
 
 def test_cli_one_corruption_through_the_store_and_resume(capsys, tmp_path):

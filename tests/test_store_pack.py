@@ -9,26 +9,11 @@ import json
 import sqlite3
 
 import pytest
+from _cli import run_cli as run
 
-from robustbench_dyn.cli import main
 from robustbench_dyn.errors import StoreError
 from robustbench_dyn.store import ResultsStore
 from robustbench_dyn.store_pack import pack_store, unpack_store
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("ROBUSTDYN_OFFLINE", "1")
-    monkeypatch.setenv("ROBUSTDYN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("ROBUSTDYN_STORE", str(tmp_path / "default.sqlite"))
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code or 0, out, err
 
 
 def _evaluate(capsys, store, n=6):
