@@ -191,3 +191,28 @@ def test_why_section(report):
     assert "attention shift KL(clean‖adv) (nats) is higher on broken examples" in why
     assert "over n=2 models" in why and "too few models (n=2 < 6) for a conclusion" in why
     assert "Sanity checks (gradient masking): 0 of 1 pass" in why and "Adaptive attacks (BPDA/EOT): missing" in why
+
+
+def test_answer_adds_the_small_linf_eps_where_the_store_has_it(tmp_path):
+    """At 8/255 standard-trained models are all near 0 %; a 2/255 L∞ run of both twins joins the comparison."""
+    path = make_store(tmp_path / "s.sqlite")
+    st = ResultsStore(path)
+    rng = np.random.default_rng(1)
+    small = 2 / 255
+    flags = {"static": np.arange(N) >= 20, "dyconv_k4": np.arange(N) >= 100}  # dynamic: 80 fewer robust
+    for model, robust in flags.items():
+        key = RunKey(model, f"{model}-sha", "pgd", PGD, "Linf", small, json.dumps([small]), "cifar10-jpeg", "digest",
+                     0, N)
+        rid = st.run_id(key, eps_label="2/255", dataset_label=LABEL, device="cpu")
+        rows = _rows(np.arange(N), robust, model != "static", rng)
+        for r in rows:
+            r["broken_at"] = None if r["broken_at"] is None else (0.0 if r["broken_at"] == 0.0 else small)
+        st.add_examples({rid: rows})
+    st.close()
+    rep = build_report(path, tmp_path / "out", models_dir=make_manifest(tmp_path / "models"), sections=["answer"],
+                       strict=True)
+    t = pd.read_csv(rep.out / "tables" / "answer.csv")
+    row = t[(t.dynamic == "dyconv_k4") & (t.eps.sub(small).abs() < 1e-9)]
+    assert len(row) == 1 and row.condition.iloc[0] == "PGD-20 @ 2/255"
+    assert row.verdict.iloc[0] == "less robust" and row.diff_pt.iloc[0] == pytest.approx(-20.0)
+    assert "2/255" in rep.index_md.read_text()
