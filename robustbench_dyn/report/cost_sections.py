@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from .core import STANDARD_EPS, ReportContext, SectionResult, SectionSkipped, model_sort_key, model_style, pct, section
-from .plotting import titled
+from .plotting import spread_labels, titled
 
 
 def bench_frame(ctx: ReportContext) -> pd.DataFrame:
@@ -129,6 +129,7 @@ def _figure(ctx: ReportContext, s: pd.DataFrame) -> tuple[str, str | None]:
         panels.append(("robust_acc_8_255", f"robust accuracy (%), {lbl} @ 8/255", 100.0))
     fig, axes = ctx.figure(1, len(panels), size=(4.6, 3.8))
     for ax, (col, xlabel, scale) in zip(axes[0], panels, strict=True):
+        labels = []
         for r in g.itertuples():
             v = getattr(r, col)
             if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -137,8 +138,7 @@ def _figure(ctx: ReportContext, s: pd.DataFrame) -> tuple[str, str | None]:
             face = "white" if st["linestyle"] != "-" else st["color"]
             ax.plot([v * scale], [r.latency_ms], marker=st["marker"], color=st["color"], markerfacecolor=face,
                     linestyle="none")
-            ax.annotate(r.model, (v * scale, r.latency_ms), xytext=(4, 3), textcoords="offset points", fontsize=7,
-                        color=st["color"])
+            labels.append((v * scale, r.latency_ms, r.model, st["color"]))
             if r.skip_latency_ms is not None and not math.isnan(r.skip_latency_ms):
                 ex = r.executed_macs if col == "macs" else v
                 ax.annotate("", (ex * scale, r.skip_latency_ms), (v * scale, r.latency_ms),
@@ -148,6 +148,9 @@ def _figure(ctx: ReportContext, s: pd.DataFrame) -> tuple[str, str | None]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("latency, batch 1 (ms, median)")
         ax.set_ylim(bottom=0)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, hi + 0.22 * (hi - lo))  # room for the labels right of the points
+        spread_labels(ax, [(x + 0.02 * (hi - lo), y, t, c) for x, y, t, c in labels])
     dname = g.device_name.iloc[0]
     titled(fig, "Measured latency vs cost and accuracy",
            f"{dname} ({dev}, {int(g.threads.iloc[0])} threads); ★ gated skip path (at its executed MACs)")

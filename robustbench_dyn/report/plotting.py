@@ -62,3 +62,24 @@ def yerr_pct(acc, lo, hi) -> list:
     can put a Wilson bound a hair on the wrong side of 0 % or 100 %)."""
     acc, lo, hi = (np.asarray(v, dtype=float) for v in (acc, lo, hi))
     return [np.clip(100 * (acc - lo), 0, None), np.clip(100 * (hi - acc), 0, None)]
+
+
+def spread_labels(ax, points: list[tuple[float, float, str, str]], *, min_gap: float = 0.045,
+                  fontsize: float = 7) -> None:
+    """Label scatter points ``(x, y, text, color)`` without overlaps: labels of points with close x are stacked
+    at least ``min_gap`` (a fraction of the y range) apart, with a thin line to their point where moved.
+    Call after the axis limits are final."""
+    y0, y1 = ax.get_ylim()
+    x0, x1 = ax.get_xlim()
+    gap = min_gap * (y1 - y0)
+    placed: list[tuple[float, float]] = []  # (x, label y) already used
+    for x, y, text, color in sorted(points, key=lambda p: (p[1], p[0])):
+        ly = y
+        near = [py for px, py in placed if abs(px - x) < 0.12 * (x1 - x0)]
+        while any(abs(ly - py) < gap for py in near):
+            ly = max(py for py in near if abs(ly - py) < gap) + gap
+        placed.append((x, ly))
+        moved = abs(ly - y) > 1e-12
+        ax.annotate(text, (x, y), xytext=(x, ly), textcoords="data", fontsize=fontsize, color=color,
+                    ha="left", va="center", annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.4, "alpha": 0.6} if moved else None)
