@@ -11,6 +11,7 @@ Every sentence is generated from numbers and carries them. Orders 1 and 2: befor
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -337,6 +338,13 @@ AUDIT_FIGURES = {
 }
 
 
+def _settings(run: pd.Series) -> dict:
+    try:
+        return json.loads(run.settings) if isinstance(run.settings, str) else {}
+    except ValueError:
+        return {}
+
+
 def broken_vs_surviving(ctx: ReportContext, models: list[str], ref: tuple[str, str]) -> tuple[pd.DataFrame, list[str]]:
     """Per dynamic model and measure: means of broken and surviving examples, difference with bootstrap 95% CI,
     Cohen's d and rank-biserial r; and notes on models with no comparison."""
@@ -366,7 +374,8 @@ def broken_vs_surviving(ctx: ReportContext, models: list[str], ref: tuple[str, s
                          "mean_broken": float(b.mean()), "mean_surviving": float(s.mean()), "diff": diff,
                          "ci_lo": lo, "ci_hi": hi, "cohens_d": cohens_d(b, s), "rank_biserial": rank_biserial(b, s),
                          "direction": "higher" if lo > 0 else "lower" if hi < 0 else "no detectable difference",
-                         "run_id": int(run.run_id), "data": ctx.data_text(run)})
+                         "run_id": int(run.run_id), "data": ctx.data_text(run),
+                         "early_stop": bool(_settings(run).get("early_stop", False))})
     return pd.DataFrame(rows), notes
 
 
@@ -500,6 +509,12 @@ def why_section(ctx: ReportContext) -> SectionResult:
             md.append(f"- {s}")
             findings.append(s)
         md += [f"- {n}." for n in notes]
+        if bvs.early_stop.any():
+            md += ["", "Caveat: these runs stop attacking an example at its first misclassified iterate (early "
+                   "stop), so a broken example carries the perturbation of fewer steps than a surviving one, which gets all "
+                   "of them (their perturbation sizes in the attack's norm can still be equal: both reach ε); a shift that "
+                   "is smaller on broken examples may be that effect rather than the model's. Runs without early stop "
+                   "(attacks/zoo_curves.toml's PGD-20 L∞) avoid it."]
         md += ["", ctx.md_csv(files[-1], "why_broken_vs_surviving.csv")]
     # 2. robustness vs the audit across the zoo
     md += ["", "### Robustness vs the dynamism audit across the zoo", ""]
