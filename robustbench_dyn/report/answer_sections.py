@@ -511,10 +511,10 @@ def why_section(ctx: ReportContext) -> SectionResult:
         md += [f"- {n}." for n in notes]
         if bvs.early_stop.any():
             md += ["", "Caveat: these runs stop attacking an example at its first misclassified iterate (early "
-                   "stop), so a broken example carries the perturbation of fewer steps than a surviving one, which gets all "
-                   "of them (their perturbation sizes in the attack's norm can still be equal: both reach ε); a shift that "
-                   "is smaller on broken examples may be that effect rather than the model's. Runs without early stop "
-                   "(attacks/zoo_curves.toml's PGD-20 L∞) avoid it."]
+                   "stop), so a broken example carries the perturbation of fewer steps than a surviving one, "
+                   "which gets all of them (their perturbation sizes in the attack's norm can still be equal: "
+                   "both reach ε); a shift that is smaller on broken examples may be that effect rather than the "
+                   "model's. Runs without early stop (attacks/zoo_curves.toml's PGD-20 L∞) avoid it."]
         md += ["", ctx.md_csv(files[-1], "why_broken_vs_surviving.csv")]
     # 2. robustness vs the audit across the zoo
     md += ["", "### Robustness vs the dynamism audit across the zoo", ""]
