@@ -6,8 +6,8 @@ figures, to check before committing a report.
 
 Needs Chromium (Debian: `apt-get install chromium`) and the `playwright` Python package (`pip install
 playwright`; it drives the system Chromium, nothing is downloaded). Writes top.png (the first 1280x1400 px)
-and one PNG per figure (the first image whose alt text contains the given words, as laid out on the page); prints what it wrote and any image that
-failed to load.
+and one PNG per figure (the first image whose alt text contains the given words, as laid out on the
+page); prints what it wrote and any image that failed to load.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("html", type=Path)
     p.add_argument("--out", type=Path, default=Path("/tmp/report_shots"))
-    p.add_argument("--figures", default="", help="comma-separated words of figure alt texts (the captions' first words)")
+    p.add_argument("--figures", default="",
+                   help="comma-separated words of figure alt texts (the captions' first words)")
     p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
     a = p.parse_args(argv)
     if not a.html.is_file():
