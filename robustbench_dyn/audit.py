@@ -22,6 +22,9 @@ Gates (every :class:`~robustbench_dyn.layers.ChannelGate`), per stage and overal
 * ``distinct_patterns``: distinct whole-network gate patterns / examples, and per block;
 * ``majority_mask_loss``: accuracy points lost when the learned gates are replaced by a fixed
   per-channel majority mask (open where the gate is open on >= half the inputs);
+* ``matched_mask_loss``: the same with a fixed mask at the gates' own mean density (per gate module, the
+  channels most often open, as many as the gates open on average): routing vs a pruned net of equal
+  compute, reported next to the majority mask (whose density can differ); not part of the verdict;
 * ``gate_class_mi_bits``: mutual information between each gate and the class (plug-in, bits; mean over gates);
 * ``executed_macs_ratio``: mean executed MACs / MACs at full density (= a static ResNet-20 + 0.03 %).
 
@@ -236,6 +239,21 @@ def audit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
 
             with intervene(gate_mods, fixed):
                 acc_major = _acc(_forward_all(model, x, batch_size)[0], y)
+            # the same question at equal compute: per gate module, a fixed mask opening as many channels as the
+            # gates open on average, the most often open ones (the majority mask may open more or fewer)
+            matched = []
+            for r in rates:
+                k = int(round(float(r.sum())))
+                m = np.zeros(len(r), np.float32)
+                m[np.argsort(-r, kind="stable")[:k]] = 1.0
+                matched.append(torch.from_numpy(m)[None])
+            say("gates: fixed mask at matched density")
+
+            def fixed_matched(i, parts):
+                return (matched[i].to(parts[0].device, parts[0].dtype).expand_as(parts[0]),)
+
+            with intervene(gate_mods, fixed_matched):
+                acc_matched = _acc(_forward_all(model, x, batch_size)[0], y)
             allg = np.concatenate(g, 1)
             yn = y.numpy()
             classes = int(max(yn.max() + 1, 2))
@@ -272,6 +290,9 @@ def audit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
                 "density": float(allg.mean()),
                 "majority_mask_acc": acc_major,
                 "majority_mask_loss": 100 * (clean - acc_major),
+                "majority_mask_density": float(np.mean(np.concatenate([(r >= 0.5) for r in rates]))),
+                "matched_mask_acc": acc_matched,
+                "matched_mask_loss": 100 * (clean - acc_matched),
                 "gate_class_mi_bits": float(np.concatenate(mi).mean()),
                 "gate_class_mi_bits_max": float(np.concatenate(mi).max()),
                 "executed_macs_ratio": exec_ratio,
@@ -307,6 +328,7 @@ def summary_row(res: dict) -> dict:
             "entropy_ratio": a.get("entropy_ratio_mean"), "kernel_info_ratio": a.get("kernel_info_ratio_mean"),
             "mean_replacement_loss_pt": a.get("mean_replacement_loss"), "shuffle_loss_pt": a.get("shuffle_loss"),
             "conditional_gates": g.get("conditional_frac"), "majority_mask_loss_pt": g.get("majority_mask_loss"),
+            "matched_mask_loss_pt": g.get("matched_mask_loss"),
             "gate_class_mi_bits": g.get("gate_class_mi_bits"), "executed_macs_ratio": g.get("executed_macs_ratio")}
 
 

@@ -145,6 +145,8 @@ def test_gate_figures_static(gate_audits):
     assert 0.3 < g["always_off_frac"] < 0.4 and g["always_on_frac"] == pytest.approx(1 - g["always_off_frac"])
     assert g["distinct_patterns"] == pytest.approx(1 / res["n"])  # one pattern for every input
     assert g["majority_mask_loss"] == pytest.approx(0.0, abs=1e-6)  # the majority mask is the gates
+    assert g["matched_mask_loss"] == pytest.approx(0.0, abs=1e-6)  # and so is the mask at matched density
+    assert g["majority_mask_density"] == pytest.approx(g["density"])
     assert g["gate_class_mi_bits"] == pytest.approx(0.0, abs=1e-9)
     assert g["density"] == pytest.approx(1 - g["always_off_frac"])
     assert g["executed_macs_ratio"] < 1.0
@@ -158,6 +160,7 @@ def test_gate_figures_dynamic(gate_audits):
     assert g["conditional_frac"] >= 0.8
     assert g["distinct_patterns"] == 1.0  # every input its own pattern
     assert g["majority_mask_loss"] >= 10
+    assert g["matched_mask_loss"] >= 10  # a pruned net of equal compute does not replace input-dependent gates
     assert g["gate_class_mi_bits"] > 0.0
     assert res["verdict"] == "dynamic" and g["verdict"] == "dynamic"
     assert 0.3 < g["density"] < 0.7

@@ -89,8 +89,11 @@ def audit_cmd(
             t.add_row(st, str(v["gates"]), f"{v['conditional_frac']:.0%}", f"{v['always_on_frac']:.0%}",
                       f"{v['always_off_frac']:.0%}", f"{v['gate_class_mi_bits']:.4f}")
         console.print(t)
+        matched = (f"fixed mask at matched density {g['matched_mask_loss']:+.1f} pt, "
+                   if g.get("matched_mask_loss") is not None else "")
         console.print(f"conditional gates {g['conditional_frac']:.0%}, density {g['density']:.3f}, distinct patterns "
                       f"per example {g['distinct_patterns']:.3f}, majority mask accuracy "
                       f"{100 * g['majority_mask_acc']:.2f} % ({g['majority_mask_loss']:+.1f} pt lost vs learned), "
-                      f"executed MACs {_f(g['executed_macs_ratio'], '{:.3f}')} of full", markup=False, highlight=False)
+                      f"{matched}executed MACs {_f(g['executed_macs_ratio'], '{:.3f}')} of full",
+                      markup=False, highlight=False)
     del summary_row

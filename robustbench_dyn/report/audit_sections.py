@@ -44,6 +44,7 @@ def audit_section(ctx: ReportContext) -> SectionResult:
             "shuffle loss (pt)": _num(a.get("shuffle_loss"), "{:.1f}"),
             "conditional gates %": _pct(g.get("conditional_frac"), 0),
             "majority-mask loss (pt)": _num(g.get("majority_mask_loss"), "{:.1f}"),
+            "matched-mask loss (pt)": _num(g.get("matched_mask_loss"), "{:.1f}"),
             "gate-class MI (bits)": _num(g.get("gate_class_mi_bits"), "{:.4f}"),
             "exec. MACs / full": _num(g.get("executed_macs_ratio"), "{:.3f}"),
             "data": audit.get("data", ""),
