@@ -256,7 +256,10 @@ def kernels(ctx: ReportContext) -> SectionResult:
             hist = e.get("history") or []
             kept = _kept_epoch(hist) or {}
             met = e.get("metrics", {})
+            rec = e.get("recipe") or {}
             rows.append({"K": K, "model": m, "epochs": len(hist), "kept_epoch": kept.get("epoch"),
+                         "recipe": (rec.get("note") or "").split(";")[0].strip() or "the first zoo's recipe",
+                         "batch_size": rec.get("batch_size"),
                          "train_acc": kept.get("train_acc"), "holdout_acc": kept.get("holdout_acc"),
                          "test_clean_acc": met.get("clean_acc"), "test_n": met.get("clean_n"),
                          "holdout_n": (e.get("recipe") or {}).get("holdout"),
@@ -321,6 +324,13 @@ def kernels(ctx: ReportContext) -> SectionResult:
                              "train (%)": [pct(v) for v in tab.train_acc],
                              "validation (%)": [pct(v) for v in tab.holdout_acc],
                              "test (%)": [pct(v) for v in tab.test_clean_acc]})
+        budgets = tab[["recipe", "epochs", "batch_size"]].astype(str).drop_duplicates()
+        if len(budgets) > 1:
+            parts = "; ".join(f"{', '.join(tab[(tab.recipe == b.recipe) & (tab.epochs.astype(str) == b.epochs)].model)}"
+                              f": {b.recipe}, {b.epochs} epochs, batch {b.batch_size}" for b in budgets.itertuples())
+            notes.append(f"These checkpoints were trained with different recipes or budgets ({parts}): their "
+                         "accuracies vs K mix the effect of K with that of training; compare them once the zoo "
+                         "shares one recipe.")
         md += ["### Training and validation accuracy vs K (zoo manifest)", "",
                f"From `models/manifest.json`: accuracy at the kept epoch (the checkpoint's epoch, chosen on the "
                f"validation split of {hold_n} held-out training images), and clean test accuracy on {test_n} test "
