@@ -34,3 +34,12 @@ CREATE TABLE models (
     PRIMARY KEY (model, checkpoint_sha256)
 );
 CREATE INDEX examples_idx ON examples(idx);
+CREATE TABLE bench (
+    model TEXT NOT NULL, checkpoint_sha256 TEXT NOT NULL, device TEXT NOT NULL, threads INTEGER NOT NULL,
+    path TEXT NOT NULL, mode TEXT NOT NULL, batch INTEGER NOT NULL,
+    untrained INTEGER NOT NULL DEFAULT 0, family TEXT, device_name TEXT,
+    median_ms REAL, p90_ms REAL, mean_ms REAL, min_ms REAL, images_per_s REAL, repeats INTEGER, warmup INTEGER,
+    params INTEGER, macs REAL, executed_macs REAL, macs_note TEXT, inputs TEXT, load_1min REAL,
+    torch_version TEXT, robustdyn_version TEXT, created_at TEXT,
+    PRIMARY KEY (model, checkpoint_sha256, device, threads, path, mode, batch)
+);

@@ -810,6 +810,10 @@ def _index_markdown(ctx: ReportContext, built: list[tuple[Section, SectionResult
         ns.append(f"{ctx.label(m)} {vals[-1] if len(vals) == 1 else f'{vals[0]}-{vals[-1]}'}")
     lines.append(f"- **Examples per model (n):** {'; '.join(ns) or 'none'}. Robust accuracies come with Wilson 95% "
                  "intervals in the CSV tables; at small n, differences of a few points are within noise.")
+    unevaluated = [m for m in ctx.manifest if m not in set(ctx.models) and not m.startswith("ts_")]
+    if unevaluated and len(runs):
+        lines.append(f"- **Not evaluated in this store:** {', '.join(unevaluated)} (checkpoints in the zoo manifest "
+                     "with no runs here; sections built from the manifest or the bench table may still show them).")
     for note in ctx.notes:
         lines.append(f"- **Note:** {note}")
     lines.append("")

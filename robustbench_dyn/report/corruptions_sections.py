@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .core import ATTACK_LABELS, STANDARD_EPS, ReportContext, SectionResult, SectionSkipped, eps_text, section, wilson
+from .plotting import titled
 
 ATTACK_LABELS.setdefault("corruption", lambda s: f"corruption {s.get('corruption', '?')}")
 
@@ -142,12 +143,14 @@ def corruptions_section(ctx: ReportContext) -> SectionResult:
     ax = axes[0][0]
     for m in models:
         st = ctx.style(m)
-        ax.plot([0] + sevs, [table.loc[table.model == ctx.label(m), "clean"].iloc[0] / 100]
-                + [float(sev_tab.loc[m, s]) for s in sevs], label=ctx.label(m), **st)
+        ax.plot([0] + sevs, [float(table.loc[table.model == ctx.label(m), "clean"].iloc[0])]
+                + [100 * float(sev_tab.loc[m, s]) for s in sevs], label=ctx.label(m), **st)
     ax.set_xlabel("severity (0 = clean)")
-    ax.set_ylabel("accuracy (mean over corruptions)")
+    ax.set_ylabel("accuracy (%, mean over the corruptions)")
     ax.set_xticks([0] + sevs)
     ax.legend(fontsize=7, ncol=2)
+    titled(fig, "Accuracy vs corruption severity", f"{len(names)} generated corruptions (CIFAR-10-C parameters); "
+           f"{ctx.data_text(runs)}")
     png = ctx.save_figure(fig, "corruption_accuracy_vs_severity")
     files.append(png)
     md += ["", ctx.md_figure(png, "Accuracy vs corruption severity")]
