@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 import numpy as np
 
@@ -71,13 +73,14 @@ def spread_labels(ax, points: list[tuple[float, float, str, str]], *, min_gap: f
     Call after the axis limits are final."""
     y0, y1 = ax.get_ylim()
     x0, x1 = ax.get_xlim()
-    gap = min_gap * (y1 - y0)
+    gap = abs(min_gap * (y1 - y0))
+    xnear = abs(0.12 * (x1 - x0))
     placed: list[tuple[float, float]] = []  # (x, label y) already used
     for x, y, text, color in sorted(points, key=lambda p: (p[1], p[0])):
-        ly = y
-        near = [py for px, py in placed if abs(px - x) < 0.12 * (x1 - x0)]
-        while any(abs(ly - py) < gap for py in near):
-            ly = max(py for py in near if abs(ly - py) < gap) + gap
+        # one pass, no search: a label goes at its point, or just above the highest label already placed
+        # nearby (in x) that it would touch; labels only stack upwards, so each is placed once
+        above = [py + gap for px, py in placed if abs(px - x) <= xnear and py > y - gap]
+        ly = max([y, *above]) if gap > 0 and math.isfinite(gap) else y
         placed.append((x, ly))
         moved = abs(ly - y) > 1e-12
         ax.annotate(text, (x, y), xytext=(x, ly), textcoords="data", fontsize=fontsize, color=color,
