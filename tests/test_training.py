@@ -85,7 +85,7 @@ def test_schedules():
     assert _gate_schedule(0.0, r) == (r.bs_weight, r.gate_noise_start)
     assert _gate_schedule(1.0, r) == (0.0, r.gate_noise_end)
     bs, noise = _gate_schedule(0.5, r)
-    assert bs == r.bs_weight and noise == pytest.approx(0.5)
+    assert bs == r.bs_weight and noise == pytest.approx((r.gate_noise_start + r.gate_noise_end) / 2)
 
 
 def test_no_weight_decay_on_attention_and_gates():
