@@ -214,3 +214,34 @@ def test_report_skips_without_corruption_rows(capsys, tmp_path):
     assert code == 0, err
     rep = build_report(store, tmp_path / "rep", sections=["corruptions"])
     assert "corruptions" in rep.missing and "no corruption runs" in rep.missing["corruptions"]
+
+
+def test_report_flags_severities_that_hurt_less_only_when_significant():
+    """The report's non-monotone check: paired exact McNemar with Bonferroni, on made-up example rows."""
+    import pandas as pd
+
+    from robustbench_dyn.report.corruptions_sections import non_monotone_severities
+
+    n = 200
+    label = np.zeros(n, dtype=int)
+
+    def rows(right: int) -> pd.DataFrame:  # the first `right` images correct
+        pred = np.r_[np.zeros(right), np.ones(n - right)]
+        return pd.DataFrame({"idx": np.arange(n), "label": label, "adv_pred": pred})
+
+    ex = {1: rows(80), 2: rows(160), 3: rows(150),  # glass: s1 -> s2 jumps up 40 pt (flagged), s2 -> s3 falls
+          4: rows(150), 5: rows(140), 6: rows(146)}  # jpeg: s2 -> s3 up 3 pt on 200 images (not significant)
+
+    class Ctx:
+        def examples(self, run_id):
+            return ex[run_id]
+
+    runs = pd.DataFrame({"model": ["m"] * 6, "corruption": ["glass_blur"] * 3 + ["jpeg_compression"] * 3,
+                         "severity": [1, 2, 3, 1, 2, 3], "run_id": [1, 2, 3, 4, 5, 6]})
+    t = non_monotone_severities(Ctx(), runs)
+    assert len(t) == 1
+    r = t.iloc[0]
+    assert (r.corruption, r["from"], r.to, r.n, r.b, r.c) == ("glass_blur", 1, 2, n, 80, 0)
+    assert r.acc_from == 0.4 and r.acc_to == 0.8 and r.p_bonferroni == min(1.0, 4 * r.p) and r.p < 1e-20
+    # a gap between severities is not a consecutive pair
+    assert non_monotone_severities(Ctx(), runs[runs.severity != 2]).empty
