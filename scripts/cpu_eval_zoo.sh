@@ -14,13 +14,16 @@
 #   aa         AutoAttack standard at 8/255: n=1000 for *_at models, n=200 for standard ones
 #   corr       the 15 corruptions x 5 severities, n=2000
 #   threats    energy / attention / BPDA-EOT studies of dynamic models, n=$N_THREATS (default 500)
+#   transfer   PGD-20 8/255 transfer between a dynamic model and its static twin (static or static_at), both
+#              ways, n=$N_THREATS
 # The store is results/zoo.sqlite (unpacked from reports/results when absent); after every step it is
-# packed back into reports/results (commit that folder). Logs: results/eval_MODEL.log.
+# packed back into reports/results (commit that folder). Logs: results/eval_MODEL.log. Two invocations may
+# run side by side on different models.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 STORE=${ROBUSTDYN_STORE:-results/zoo.sqlite}
 PACK=${PACK:-reports/results}
-STEPS=${STEPS:-clean,headline,curves,checks,aa,corr,threats}
+STEPS=${STEPS:-clean,headline,curves,checks,aa,corr,threats,transfer}
 N_THREATS=${N_THREATS:-500}
 DEVICE=${DEVICE:-cpu}
 export ROBUSTDYN_OFFLINE=1 PYTHONUNBUFFERED=1 ROBUSTDYN_STORE=$STORE
@@ -29,7 +32,9 @@ if [ ! -f "$STORE" ] && [ -f "$PACK/PACK.json" ]; then
   robustdyn store unpack "$PACK" "$STORE" || exit 1
 fi
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
-pack() { robustdyn store pack "$STORE" "$PACK" | tail -1; }
+# two evaluations may run side by side (one per core): the store takes concurrent writers (WAL), the pack is
+# written by one at a time
+pack() { flock "$(dirname "$STORE")/.pack.lock" robustdyn store pack "$STORE" "$PACK" | tail -1; }
 for m in "$@"; do
   log="results/eval_$m.log"
   echo "== $m ($(date -u +%H:%M)) -> $log"
@@ -45,6 +50,10 @@ for m in "$@"; do
     has corr && robustdyn evaluate --model "$m" --attack corruptions --n 2000 --device "$DEVICE" && pack
     if has threats && [[ "$m" != static* ]]; then
       robustdyn threats --models "$m" --studies energy,attention,adaptive --n "$N_THREATS" --device "$DEVICE" && pack
+    fi
+    if has transfer && [[ "$m" != static* ]]; then
+      twin=static; [[ "$m" == *_at ]] && twin=static_at
+      robustdyn threats --models "$twin,$m" --studies transfer --n "$N_THREATS" --device "$DEVICE" && pack
     fi
   } >> "$log" 2>&1
   grep -E '^(packed|error)' "$log" | tail -2
