@@ -216,3 +216,27 @@ def test_answer_adds_the_small_linf_eps_where_the_store_has_it(tmp_path):
     assert len(row) == 1 and row.condition.iloc[0] == "PGD-20 @ 2/255"
     assert row.verdict.iloc[0] == "less robust" and row.diff_pt.iloc[0] == pytest.approx(-20.0)
     assert "2/255" in rep.index_md.read_text()
+
+
+def test_answer_marks_comparisons_at_an_eps_where_the_adaptive_study_found_masking(tmp_path):
+    """A BPDA 'masked' verdict for dyconv_k4 at 8/255 marks its PGD row with a dagger and the masking sentence
+    carries the direct and worst-case accuracies; the other pair (at) stays unmarked."""
+    from robustbench_dyn.threats.store import ThreatKey, ThreatStore
+
+    store = make_store(tmp_path / "s.sqlite")
+    result = {"acc_direct": 0.30, "acc_bpda": 0.25, "acc_worst": 0.24, "acc_clean": 0.9, "adaptive": "bpda",
+              "verdict": "masked", "p_value": 0.01, "b": 15, "c": 3, "diff_pt": 5.0}
+    with ThreatStore(store) as ts:
+        ts.put(ThreatKey("dyconv_k4", "dyconv_k4-sha", "adaptive", "{}", EPS, "digest", 0, 200), result,
+               eps_label="8/255", dataset_label=LABEL, device="cpu")
+    build_report(store, tmp_path / "out", models_dir=make_manifest(tmp_path / "models"), sections=["answer"],
+                 strict=True)
+    md = (tmp_path / "out" / "index.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "@ 8/255" in line]
+    assert len(rows) == 2
+    assert [("†" in r) for r in rows] == [r.startswith("| dyconv_k4 ") for r in rows] and any("†" in r for r in rows)
+    assert "masked under BPDA at ε = 8/255 (PGD direct 30.0 %, worst case of direct/BPDA/EOT 24.0 %" in md
+    assert "n=200" in md and "† marks the comparisons" in md
+    csv = pd.read_csv(tmp_path / "out" / "tables" / "answer.csv")
+    csv = csv[csv.attack != "clean"]
+    assert sorted(zip(csv.dynamic, csv.masked_at_eps, strict=True)) == [("dyconv_k4", True), ("dyconv_k4_at", False)]

@@ -185,10 +185,25 @@ def _masking_flags(ctx: ReportContext) -> dict[str, str]:
         ch = ch.sort_values(["n", "created_at"], ascending=False).drop_duplicates(["model", "check_name"])
         for r in ch[ch.passed == 0].itertuples():
             flags.setdefault(r.model, []).append(f"fails sanity check {r.check_name} (value {r.value:.3g})")
-    ad = _threats(ctx, "adaptive")
-    for r in ad[ad.verdict == "masked"].itertuples() if len(ad) else []:
-        flags.setdefault(r.model, []).append(f"masked under {str(r.adaptive).upper()} at ε = {eps_text(r.eps, 'Linf')}")
+    for r in _masked(ctx).itertuples():
+        flags.setdefault(r.model, []).append(
+            f"masked under {str(r.adaptive).upper()} at ε = {eps_text(r.eps, 'Linf')} (PGD direct {pct(r.acc_direct)} "
+            f"%, worst case of direct/BPDA/EOT {pct(r.acc_worst)} %, McNemar p={r.p_value:.2g}, n={int(r.n)})")
     return {m: "; ".join(v) for m, v in flags.items()}
+
+
+def _masked(ctx: ReportContext) -> pd.DataFrame:
+    """The adaptive-attack rows (BPDA/EOT study) whose verdict is 'masked'."""
+    ad = _threats(ctx, "adaptive")
+    return ad[ad.verdict == "masked"] if len(ad) and "verdict" in ad else pd.DataFrame()
+
+
+def _masked_rows(ctx: ReportContext, tab: pd.DataFrame) -> np.ndarray:
+    """Which comparisons are L∞ attacks at an ε where the adaptive study found the dynamic model masked."""
+    m = _masked(ctx)
+    hit = {(r.model, round(float(r.eps) * 255, 3)) for r in m.itertuples()} if len(m) else set()
+    return np.array([a != "clean" and n == "Linf" and (d, round(float(e) * 255, 3)) in hit
+                     for d, a, n, e in zip(tab.dynamic, tab.attack, tab.norm, tab.eps, strict=True)], dtype=bool)
 
 
 def _threats(ctx: ReportContext, threat: str) -> pd.DataFrame:
@@ -212,7 +227,8 @@ def answer_section(ctx: ReportContext) -> SectionResult:
     if tab.empty:
         raise SectionSkipped("no dynamic model could be compared with its static twin"
                              + (f" ({'; '.join(skipped)})" if skipped else " (no dynamic model in the store)"))
-    csv = ctx.save_table(tab.drop(columns=["kind"]), "answer")
+    masked_rows = _masked_rows(ctx, tab)
+    csv = ctx.save_table(tab.drop(columns=["kind"]).assign(masked_at_eps=masked_rows), "answer")
     png = _forest_plot(ctx, tab)
     disp = pd.DataFrame({
         "dynamic": tab.dynamic_label, "static twin": tab.static_label, "accuracy": tab.condition,
@@ -221,10 +237,13 @@ def answer_section(ctx: ReportContext) -> SectionResult:
         "95% CI (pt)": [f"[{_pt(lo)}, {_pt(hi)}]" for lo, hi in zip(tab.ci_lo_pt, tab.ci_hi_pt, strict=True)],
         "b / c": [f"{b} / {c}" for b, c in zip(tab.b, tab.c, strict=True)],
         "McNemar p": [f"{p:.2g}" for p in tab.mcnemar_p],
-        "verdict": [f"**{v}**" if k != "none" else v for v, k in zip(tab.verdict, tab.kind, strict=True)]})
+        "verdict": [(f"**{v}**" if k != "none" else v) + (" †" if mk else "")
+                    for v, k, mk in zip(tab.verdict, tab.kind, masked_rows, strict=True)]})
     sentences = [f"{r.dynamic_label} vs {r.static_label} {_under((r.attack, r.norm, r.eps))}: "
                  f"{_pt(r.diff_pt)} pt [{_pt(r.ci_lo_pt)}, {_pt(r.ci_hi_pt)}], McNemar p={r.mcnemar_p:.2g}, "
-                 f"n={r.n_shared}: {r.verdict}." for r in tab.itertuples()]
+                 f"n={r.n_shared}: {r.verdict}" + (" (direct attack; the adaptive study finds this model masked at "
+                                                   "this ε, see below)" if mk else "") + "."
+                 for r, mk in zip(tab.itertuples(), masked_rows, strict=True)]
     counts = []
     for what, g in (("under attack", tab[tab.attack != "clean"]), ("clean", tab[tab.attack == "clean"])):
         if len(g):
@@ -260,7 +279,11 @@ def answer_section(ctx: ReportContext) -> SectionResult:
     if marks:
         md += ["", "Marked models stay in the comparison: " + "; ".join(marks) + "."]
     if masked:
-        md += ["", "Masking evidence: " + "; ".join(masked) + "."]
+        md += ["", "Masking evidence: " + "; ".join(masked) + "."
+               + (" † marks the comparisons at an ε where the dynamic model is masked: their Δ comes from the direct "
+                  "attack, which overstates the dynamic model's robust accuracy by at least the gap between direct and "
+                  "worst case found there (a stronger adaptive attack can only widen it)."
+                  if masked_rows.any() else "")]
     md += ["", ctx.md_table(disp, ["l", "l", "l"] + ["r"] * 7 + ["l"]), "", ctx.md_csv(csv, "answer.csv"), "",
            ctx.md_figure(png, "Dynamic minus static accuracy with paired 95% CIs"), "",
            f"Figure: accuracy of each dynamic model minus its static twin's (points), per attack, with paired 95% "
