@@ -84,6 +84,8 @@ def test_wilson():
     lo, hi = wilson(8, 16)
     assert lo < 0.5 < hi and wilson(0, 10)[0] == 0 and wilson(10, 10)[1] == pytest.approx(1)
     assert all(v != v for v in wilson(0, 0))
+    # the bounds at 0 and n are exact (the float formula gave 4e-19 at 0 of 500: negative error bars in a plot)
+    assert all(wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0 for n in (1, 10, 200, 500, 1000, 2000, 10000))
 
 
 def test_model_without_parameters_benchmarks():

@@ -43,3 +43,10 @@ CREATE TABLE bench (
     torch_version TEXT, robustdyn_version TEXT, created_at TEXT,
     PRIMARY KEY (model, checkpoint_sha256, device, threads, path, mode, batch)
 );
+CREATE TABLE threats (
+    model TEXT NOT NULL, checkpoint_sha256 TEXT NOT NULL, threat TEXT NOT NULL, settings TEXT NOT NULL,
+    eps REAL NOT NULL, dataset_digest TEXT NOT NULL, seed INTEGER NOT NULL, n INTEGER NOT NULL,
+    eps_label TEXT, dataset_id TEXT, dataset_label TEXT, device TEXT, untrained INTEGER NOT NULL DEFAULT 0,
+    result TEXT NOT NULL, duration_s REAL, robustdyn_version TEXT, created_at TEXT,
+    PRIMARY KEY (model, checkpoint_sha256, threat, settings, eps, dataset_digest, seed, n)
+);

@@ -229,7 +229,7 @@ def answer_section(ctx: ReportContext) -> SectionResult:
                              + (f" ({'; '.join(skipped)})" if skipped else " (no dynamic model in the store)"))
     masked_rows = _masked_rows(ctx, tab)
     csv = ctx.save_table(tab.drop(columns=["kind"]).assign(masked_at_eps=masked_rows), "answer")
-    png = _forest_plot(ctx, tab)
+    png = _forest_plot(ctx, tab, masked_rows)
     disp = pd.DataFrame({
         "dynamic": tab.dynamic_label, "static twin": tab.static_label, "accuracy": tab.condition,
         "n shared": tab.n_shared, "dynamic (%)": [pct(v) for v in tab.acc_dynamic],
@@ -300,8 +300,10 @@ def _ns(tab: pd.DataFrame) -> str:
     return str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
 
 
-def _forest_plot(ctx: ReportContext, tab: pd.DataFrame) -> str:
-    """One figure that reads alone: per condition (attack), each dynamic model's Δ vs its static twin with CI."""
+def _forest_plot(ctx: ReportContext, tab: pd.DataFrame, masked: np.ndarray | None = None) -> str:
+    """One figure that reads alone: per condition (attack), each dynamic model's Δ vs its static twin with CI;
+    ``masked`` (per row of ``tab``) adds '† masked' where the adaptive study found masking at that ε."""
+    tab = tab.assign(masked_flag=masked if masked is not None else np.zeros(len(tab), dtype=bool))
     from matplotlib.transforms import blended_transform_factory
 
     n_rows = len(tab) + tab.condition.nunique()
@@ -320,7 +322,8 @@ def _forest_plot(ctx: ReportContext, tab: pd.DataFrame) -> str:
             ax.errorbar([r.diff_pt], [y], xerr=[[max(r.diff_pt - r.ci_lo_pt, 0)], [max(r.ci_hi_pt - r.diff_pt, 0)]],
                         fmt="o", color=color, capsize=3, markersize=5)
             ax.text(1.02, y, f"{_pt(r.diff_pt)} [{_pt(r.ci_lo_pt)}, {_pt(r.ci_hi_pt)}]  p={r.mcnemar_p:.2g}  "
-                    f"n={r.n_shared}", transform=trans, va="center", fontsize=8, color=color)
+                    f"n={r.n_shared}" + ("  † masked" if r.masked_flag else ""), transform=trans, va="center",
+                    fontsize=8, color=color)
             ticks.append(y)
             labels.append(f"{r.dynamic_label} − {r.static_label}")
     ax.axvline(0, color="#000000", linewidth=1)
@@ -331,7 +334,9 @@ def _forest_plot(ctx: ReportContext, tab: pd.DataFrame) -> str:
     ax.set_ylim(y - 0.7, -0.3)
     ax.set_xlabel("accuracy of the dynamic model − its static twin (points), paired 95% bootstrap CI\nred: dynamic "
                   "less robust, blue: more robust, grey: no detectable difference\n(a difference needs the CI to "
-                  f"exclude 0 and McNemar p < {ALPHA})", fontsize=9)
+                  f"exclude 0 and McNemar p < {ALPHA})"
+                  + ("\n† masked: BPDA/EOT beat the direct attack at this ε, so Δ is overstated"
+                     if tab.masked_flag.any() else ""), fontsize=9)
     lo, hi = min(0.0, float(tab.ci_lo_pt.min())), max(0.0, float(tab.ci_hi_pt.max()))
     pad = max(1.0, 0.08 * (hi - lo))
     ax.set_xlim(lo - pad, hi + pad)

@@ -255,7 +255,7 @@ def adaptive_section(ctx: ReportContext) -> SectionResult:
                 vals = g[col].astype(float).to_numpy()
                 los, his = zip(*[wilson(round(v * n), n) for v, n in zip(vals, g.n, strict=True)], strict=True)
                 ax.bar(idx + off, 100 * vals, width=0.4, color=color, label=lab,
-                       yerr=[100 * (vals - np.array(los)), 100 * (np.array(his) - vals)], capsize=3)
+                       yerr=np.clip([100 * (vals - np.array(los)), 100 * (np.array(his) - vals)], 0, None), capsize=3)
             for i, r in enumerate(g.itertuples()):
                 if r.verdict in ("masked", "possibly masked"):
                     ax.annotate("MASKED" if r.verdict == "masked" else "masked?", (i, 100 * max(r.acc_direct, 0) + 4),
