@@ -1,16 +1,23 @@
 """A results store as a folder git keeps well (a *pack*), and back.
 
 An SQLite file changes as a whole on every write, so each commit of a growing store adds another copy of it
-to git's history. A pack splits the store into gzipped JSON-lines files: the example rows of each run in
+to git's history. A pack splits the store into xz-compressed JSON files: the example rows of each run in
 their own file (a finished run's file never changes again), the small tables one file each. Writing a pack
-again rewrites only the files whose content changed (gzip without a timestamp: same rows, same bytes).
+again rewrites only the files whose content changed (same rows, same bytes).
 
-Layout::
+Layout (format 2)::
 
     PACK.json                    format, tables, row counts, the sha256 of every file
     schema.sql                   the store's CREATE statements
-    TABLE.jsonl.gz               one per table; line 1: the column names, then one JSON array per row
-    examples/run-<run_id>.jsonl.gz   the ``examples`` rows of one run
+    TABLE.json.xz                one per table: a header line {"columns": [...], "float32": [...], "rows": N},
+                                 then one JSON array per column (column-major)
+    examples/run-<run_id>.json.xz    the ``examples`` rows of one run
+
+Column-major text compresses far better than rows (a column's values look alike), and a column whose floats
+are all exactly float32 values (perturbation norms, MACs: computed in float32) is written with the shortest
+decimal that round-trips *through float32* and read back through float32, so the store it rebuilds holds the
+same doubles bit for bit, in about half the digits. Together about 0.55x the bytes of format 1 (gzipped
+JSON lines, one array per row), which is still read.
 
 Only JSON is read back (no pickles, no code), each file checked against its sha256 in ``PACK.json``, and
 ``schema.sql`` may hold nothing but ``CREATE TABLE`` / ``CREATE INDEX`` statements.
@@ -25,15 +32,21 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
+import math
 import os
 import re
 import sqlite3
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .errors import StoreError
 
-PACK_FORMAT = 1
+PACK_FORMAT = 2
+READS_FORMATS = (1, 2)
+SUFFIXES = {1: ".jsonl.gz", 2: ".json.xz"}
 MANIFEST = "PACK.json"
 SPLIT_TABLES = ("examples",)  # tables stored one file per run_id
 _CREATE = re.compile(r"^\s*CREATE\s+(TABLE|INDEX|UNIQUE\s+INDEX)\s", re.IGNORECASE)
@@ -50,15 +63,68 @@ def _gz(lines: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def _encode(rows, columns: list[str]) -> bytes:
+def _encode_v1(rows, columns: list[str]) -> bytes:
+    """Format 1 (read, no longer written): gzipped JSON lines, the column names then one array per row."""
     lines = [json.dumps(columns)]
+    for row in rows:
+        lines.append(json.dumps(list(row), ensure_ascii=False, allow_nan=False, separators=(",", ":")))
+    return _gz(lines)
+
+
+def _is_f32(v) -> bool:
+    return isinstance(v, float) and math.isfinite(v) and float(np.float32(v)) == v
+
+
+def _f32_text(v: float) -> str:
+    """The shortest decimal that parses back to the same float32 (numpy's Dragon4), as a JSON number."""
+    x = np.float32(v)
+    if v == 0 or 1e-4 <= abs(v) < 1e16:
+        return np.format_float_positional(x, unique=True, trim="0")
+    return np.format_float_scientific(x, unique=True, trim="0")
+
+
+def _encode(rows, columns: list[str]) -> bytes:
+    """Format 2: xz-compressed; a header line, then one JSON array per column (see the module docstring)."""
     for row in rows:
         for v in row:
             if isinstance(v, bytes):
                 raise StoreError("the store holds a binary (BLOB) value, which a pack does not carry",
                                  "report this: the store schema has no BLOB columns")
-        lines.append(json.dumps(list(row), ensure_ascii=False, allow_nan=False, separators=(",", ":")))
-    return _gz(lines)
+    cols = list(zip(*rows)) if rows else [() for _ in columns]
+    f32 = [c for c, vals in zip(columns, cols)
+           if any(isinstance(v, float) for v in vals) and all(_is_f32(v) for v in vals if isinstance(v, float))]
+    lines = [json.dumps({"columns": columns, "float32": f32, "rows": len(rows)}, separators=(",", ":"))]
+    for c, vals in zip(columns, cols):
+        if c in f32:
+            lines.append("[" + ",".join(_f32_text(v) if isinstance(v, float) else json.dumps(v) for v in vals) + "]")
+        else:
+            lines.append(json.dumps(list(vals), ensure_ascii=False, allow_nan=False, separators=(",", ":")))
+    return lzma.compress(("\n".join(lines) + "\n").encode(), format=lzma.FORMAT_XZ, preset=6)
+
+
+def _decode(name: str, data: bytes) -> tuple[list[str], list]:
+    """(columns, rows) of one pack file, by its suffix (format 1 or 2)."""
+    if name.endswith(SUFFIXES[1]):
+        lines = gzip.decompress(data).decode().splitlines()
+        return json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=1 << 28)
+    lines = dec.decompress(data).decode().splitlines()
+    head = json.loads(lines[0])
+    columns, f32, n = head["columns"], set(head.get("float32", ())), int(head["rows"])
+    cols = [json.loads(x) for x in lines[1:1 + len(columns)]]
+    if len(cols) != len(columns) or any(len(v) != n for v in cols):
+        raise ValueError(f"{name}: column arrays do not match the header ({len(columns)} columns, {n} rows)")
+    for i, c in enumerate(columns):
+        if c in f32:
+            cols[i] = [float(np.float32(v)) if isinstance(v, float) else v for v in cols[i]]
+    return columns, [list(r) for r in zip(*cols)] if n else []
+
+
+def _table_of(name: str) -> str | None:
+    for suffix in SUFFIXES.values():
+        if name.endswith(suffix):
+            return name.split("/")[0].removesuffix(suffix)
+    return None
 
 
 def _order(con: sqlite3.Connection, table: str) -> tuple[list[str], str]:
@@ -111,14 +177,14 @@ def pack_store(store: str | os.PathLike, out: str | os.PathLike) -> dict:
                 for row in rows:
                     by_run.setdefault(int(row[i]), []).append(row)
                 for run_id, part in by_run.items():
-                    files[f"{table}/run-{run_id}.jsonl.gz"] = _encode(part, columns)
+                    files[f"{table}/run-{run_id}{SUFFIXES[PACK_FORMAT]}"] = _encode(part, columns)
             else:
-                files[f"{table}.jsonl.gz"] = _encode(rows, columns)
+                files[f"{table}{SUFFIXES[PACK_FORMAT]}"] = _encode(rows, columns)
     finally:
         con.close()
     out.mkdir(parents=True, exist_ok=True)
     changed = [name for name, data in sorted(files.items()) if _write_if_changed(out / name, data)]
-    for old in sorted(out.rglob("*.jsonl.gz")):
+    for old in sorted(p for suffix in SUFFIXES.values() for p in out.rglob("*" + suffix)):
         rel = old.relative_to(out).as_posix()
         if rel not in files:
             old.unlink()
@@ -138,8 +204,9 @@ def _read_manifest(pack: Path) -> dict:
         m = json.loads((pack / MANIFEST).read_text())
     except (OSError, ValueError) as e:
         raise StoreError(f"{pack / MANIFEST} is unreadable ({e})", "restore the pack from git") from None
-    if m.get("format") != PACK_FORMAT:
-        raise StoreError(f"{pack} is a pack of format {m.get('format')!r}; this version reads format {PACK_FORMAT}",
+    if m.get("format") not in READS_FORMATS:
+        raise StoreError(f"{pack} is a pack of format {m.get('format')!r}; this version reads formats "
+                         f"{', '.join(map(str, READS_FORMATS))}",
                          "upgrade robustbench_dyn, or repack the store with this version")
     return m
 
@@ -177,16 +244,15 @@ def unpack_store(pack: str | os.PathLike, store: str | os.PathLike, *, overwrite
         for s in statements:
             con.execute(s)
         for name, digest in m["files"].items():
-            if not name.endswith(".jsonl.gz"):
+            table = _table_of(name)
+            if table is None:
                 continue
-            table = name.split("/")[0].removesuffix(".jsonl.gz")
-            lines = gzip.decompress(_verified(pack, name, digest)).decode().splitlines()
-            columns = json.loads(lines[0])
+            columns, rows = _decode(name, _verified(pack, name, digest))
             cols = ", ".join(f'"{c}"' for c in columns)
             marks = ", ".join("?" * len(columns))
-            con.executemany(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})', (json.loads(x) for x in lines[1:]))
+            con.executemany(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})', rows)
         con.execute("COMMIT")
-    except (sqlite3.DatabaseError, ValueError, OSError, KeyError) as e:
+    except (sqlite3.DatabaseError, ValueError, OSError, KeyError, TypeError, lzma.LZMAError) as e:
         con.close()
         os.unlink(tmp)
         raise StoreError(f"cannot rebuild a store from {pack} ({e})", "restore the pack from git") from None

@@ -117,3 +117,82 @@ def test_report_reads_a_pack_folder(capsys, store, tmp_path):
     assert code == 0, err
     md = (tmp_path / "rep" / "index.md").read_text()
     assert f"`{pack}`" in md  # the report names the pack, not the unpacked copy
+
+
+def _bits(path) -> dict:
+    """Every table's rows with floats as their exact bit patterns (``==`` would let -0.0 pass for 0.0)."""
+    import struct
+    return {t: sorted((repr([(type(v).__name__, struct.pack("<d", v).hex() if isinstance(v, float) else v)
+                             for v in r]) for r in rows)) for t, rows in _dump(path).items()}
+
+
+def test_float32_columns_are_short_and_exact(store, tmp_path):
+    import lzma
+    import numpy as np
+    con = sqlite3.connect(store)
+    # perturbation: float32 values (as the attacks compute them), -0.0 and a tiny subnormal-range one included;
+    # macs_clean: a float64 value that is not a float32, so that column must keep full precision
+    rows = con.execute("SELECT run_id, idx FROM examples ORDER BY run_id, idx").fetchall()
+    vals = [float(np.float32(v)) for v in (0.031372549, -0.0, 1.4e-42, 3.3e38, 1e-7, 2.5)]
+    for (run_id, idx), v in zip(rows, vals * 2):
+        con.execute("UPDATE examples SET perturbation=?, macs_clean=? WHERE run_id=? AND idx=?",
+                    (v, 1 / 3 + idx, run_id, idx))
+    con.commit()
+    con.close()
+    pack = tmp_path / "pack"
+    pack_store(store, pack)
+    f = sorted((pack / "examples").iterdir())[0]
+    assert f.name.endswith(".json.xz")
+    lines = lzma.decompress(f.read_bytes()).decode().splitlines()
+    head = json.loads(lines[0])
+    assert "perturbation" in head["float32"] and "macs_clean" not in head["float32"]
+    assert "0.031372547" in lines[1 + head["columns"].index("perturbation")]  # float32's shortest decimal
+    back = unpack_store(pack, tmp_path / "back.sqlite")
+    assert _bits(back) == _bits(store)
+
+
+def test_format_1_packs_still_read(store, tmp_path):
+    from robustbench_dyn import store_pack as sp
+    pack = tmp_path / "pack"
+    pack_store(store, pack)
+    man = json.loads((pack / "PACK.json").read_text())
+    con = sqlite3.connect(store)
+    files = {}
+    for name in man["files"]:
+        table = sp._table_of(name)
+        if table is None:
+            continue
+        columns, order = sp._order(con, table)
+        where = f" WHERE run_id={int(name.split('run-')[1].split('.')[0])}" if "/" in name else ""
+        rows = con.execute(f'SELECT * FROM "{table}"{where} ORDER BY {order}').fetchall()
+        (pack / name).unlink()
+        new = name.replace(".json.xz", ".jsonl.gz")
+        (pack / new).write_bytes(sp._encode_v1(rows, columns))
+        files[new] = hashlib.sha256((pack / new).read_bytes()).hexdigest()
+    con.close()
+    files["schema.sql"] = man["files"]["schema.sql"]
+    (pack / "PACK.json").write_text(json.dumps({**man, "format": 1, "files": files}))
+    assert _bits(unpack_store(pack, tmp_path / "v1.sqlite")) == _bits(store)
+    # packing again converts it: the format-1 files are replaced by format-2 ones
+    changed = pack_store(store, pack)["changed"]
+    assert any(c.endswith(".jsonl.gz") for c in changed) and not list(pack.rglob("*.jsonl.gz"))
+    man["format"] = 99
+    (pack / "PACK.json").write_text(json.dumps(man))
+    with pytest.raises(StoreError, match="format 99"):
+        unpack_store(pack, tmp_path / "v99.sqlite")
+
+
+def test_a_malformed_file_with_a_matching_digest_is_refused(store, tmp_path):
+    import lzma
+    pack = tmp_path / "pack"
+    pack_store(store, pack)
+    victim = sorted((pack / "examples").iterdir())[0]
+    for payload in (b"not xz at all",
+                    lzma.compress(b'{"columns":["run_id","idx"],"float32":[],"rows":3}\n[1,1,1]\n[1,2]\n')):
+        victim.write_bytes(payload)
+        man = json.loads((pack / "PACK.json").read_text())
+        man["files"][f"examples/{victim.name}"] = hashlib.sha256(payload).hexdigest()
+        (pack / "PACK.json").write_text(json.dumps(man))
+        with pytest.raises(StoreError, match="cannot rebuild"):
+            unpack_store(pack, tmp_path / "bad.sqlite")
+        assert not (tmp_path / "bad.sqlite").exists()

@@ -82,10 +82,19 @@ def test_schedules():
     assert _temperature(0, r) == 30.0 and _temperature(r.temp_anneal_frac, r) == 1.0
     assert _temperature(0.05, r) == pytest.approx(30 - 29 * 0.05 / r.temp_anneal_frac)
     assert _temperature(0.999, r) == 1.0  # exactly temp_end after the anneal: the shipped value
-    assert _gate_schedule(0.0, r) == (r.bs_weight, r.gate_noise_start)
-    assert _gate_schedule(1.0, r) == (0.0, r.gate_noise_end)
-    bs, noise = _gate_schedule(0.5, r)
+    assert _gate_schedule(0.0, r) == (r.bs_weight, r.gate_noise_start, r.budget_weight)
+    assert _gate_schedule(1.0, r) == (0.0, r.gate_noise_end, r.budget_weight)
+    bs, noise, wb = _gate_schedule(0.5, r)
     assert bs == r.bs_weight and noise == pytest.approx((r.gate_noise_start + r.gate_noise_end) / 2)
+    # gate warm-up: all three gate terms ramp in linearly from 0 and are untouched after the ramp
+    w = Recipe(epochs=10, gate_warmup=0.2)
+    assert _gate_schedule(0.0, w) == (0.0, 0.0, 0.0)
+    bs, noise, wb = _gate_schedule(0.1, w)
+    assert bs == pytest.approx(w.bs_weight / 2) and wb == pytest.approx(w.budget_weight / 2)
+    assert noise == pytest.approx(_gate_schedule(0.1, r)[1] / 2)
+    assert _gate_schedule(0.6, w) == _gate_schedule(0.6, r)
+    with pytest.raises(ConfigError, match="gate_warmup"):
+        Recipe(epochs=10, gate_warmup=1.0).validate()
 
 
 def test_no_weight_decay_on_attention_and_gates():

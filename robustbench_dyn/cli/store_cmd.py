@@ -28,8 +28,9 @@ def pack_cmd(
 
     m = pack_store(store, out)
     rows = ", ".join(f"{t} {n}" for t, n in m["rows"].items())
-    console.print(f"packed {store} -> {out}: {rows}; {len(m['changed'])} of {len(m['files'])} files changed",
-                  highlight=False)
+    removed = sum(1 for c in m["changed"] if c not in m["files"])
+    console.print(f"packed {store} -> {out}: {rows}; {len(m['changed']) - removed} of {len(m['files'])} files "
+                  f"written, {removed} removed", highlight=False)
 
 
 @store_app.command("unpack")
