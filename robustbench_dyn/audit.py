@@ -106,7 +106,13 @@ def _forward_all(model: nn.Module, x: torch.Tensor, batch_size: int, record: lis
 
 
 def _acc(pred: torch.Tensor, y: torch.Tensor) -> float:
-    return float((pred == y).float().mean())
+    """Exact fraction correct (count / n in float64: a float32 mean made a 20-in-1000 loss 1.9999981 pt)."""
+    return int((pred == y).sum()) / len(y)
+
+
+def _loses(acc_from: float, acc_to: float, min_loss_pt: float) -> bool:
+    """``100 * (acc_from - acc_to) >= min_loss_pt``, robust to the float rounding of exact count ratios."""
+    return 100 * (acc_from - acc_to) >= min_loss_pt - 1e-9
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -212,7 +218,7 @@ def audit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
                         row["shuffle_loss"] = 100 * (clean - _acc(_forward_all(model, x, batch_size)[0], y))
                 layers.append(row)
             ratios = [r["entropy_ratio"] for r in layers if r["entropy_ratio"] is not None]
-            a_dyn = 100 * (clean - acc_mean) >= th.min_loss_pt
+            a_dyn = _loses(clean, acc_mean, th.min_loss_pt)
             res["attention"] = {
                 "layers": layers,
                 "mean_replacement_loss": 100 * (clean - acc_mean),
@@ -278,7 +284,7 @@ def audit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
             probe = DynamicsProbe(model)
             cost = probe.gated_cost()
             exec_ratio = (float(cost.macs(torch.from_numpy(dens)).mean()) / cost.full) if cost is not None else None
-            g_dyn = cond_frac >= th.min_conditional and 100 * (clean - acc_major) >= th.min_loss_pt
+            g_dyn = cond_frac >= th.min_conditional and _loses(clean, acc_major, th.min_loss_pt)
             res["gates"] = {
                 "conditional_frac": cond_frac,
                 "always_on_frac": float(np.concatenate([r > th.conditional_hi for r in rates]).mean()),

@@ -213,3 +213,15 @@ def test_audit_odconv_k1_has_no_kernel_entropy():
     rows = res["attention"]["layers"]
     assert rows and all(r["K"] == 1 and r["entropy_ratio"] is None and r["logit_spread"] > 0 for r in rows)
     assert res["attention"]["entropy_ratio_mean"] is None
+
+
+def test_a_loss_of_exactly_the_threshold_counts():
+    # gated pilot g4: 801 vs 781 of 1000 right, a 2.0 pt loss, came out 1.9999981 pt from float32 means and
+    # flipped the verdict to static; accuracies are now exact count ratios, compared with a rounding margin
+    from robustbench_dyn.audit import _acc, _loses
+    y = torch.zeros(1000, dtype=torch.long)
+    clean = _acc(torch.cat([torch.zeros(801), torch.ones(199)]).long(), y)
+    masked = _acc(torch.cat([torch.zeros(781), torch.ones(219)]).long(), y)
+    assert (clean, masked) == (0.801, 0.781)
+    assert _loses(clean, masked, 2.0) and not _loses(clean, masked, 2.01)
+    assert not _loses(0.801, 0.782, 2.0)
