@@ -3,11 +3,14 @@
 An SQLite file changes as a whole on every write, so each commit of a growing store adds another copy of it
 to git's history. A pack splits the store into xz-compressed JSON files: the example rows of each run in
 their own file (a finished run's file never changes again), the small tables one file each. Writing a pack
-again rewrites only the files whose content changed (same rows, same bytes).
+again rewrites only the files whose content changed (same rows, same bytes), and re-encodes only those: a file
+whose rows hash to the digest recorded for it last time, and whose bytes still match their sha256, is reused as
+it is (encoding and xz are what a pack of hundreds of runs spends its time on).
 
 Layout (format 2)::
 
-    PACK.json                    format, tables, row counts, the sha256 of every file
+    PACK.json                    format, tables, row counts, the sha256 of every file, and of the rows each
+                                 file was encoded from ("sources": lets a repack skip unchanged runs)
     schema.sql                   the store's CREATE statements
     TABLE.json.xz                one per table: a header line {"columns": [...], "float32": [...], "rows": N},
                                  then one JSON array per column (column-major)
@@ -145,6 +148,29 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
     return True
 
 
+#: part of every source digest: a change to the encoder's output must change it, so that no stale file is reused
+_ENCODER = f"robustdyn-pack-{PACK_FORMAT}.1"
+
+
+def _source_digest(columns: list[str], rows) -> str:
+    """sha256 of the rows a file is encoded from (Python's repr of floats is exact and shortest)."""
+    h = hashlib.sha256(_ENCODER.encode())
+    h.update(repr(columns).encode())
+    h.update(repr(rows).encode())
+    return h.hexdigest()
+
+
+def _previous(out: Path) -> tuple[dict, dict]:
+    """(files, sources) of the pack already in ``out`` when it is of this format, else empty."""
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}, {}
+    if m.get("format") != PACK_FORMAT or not isinstance(m.get("sources"), dict):
+        return {}, {}
+    return m.get("files", {}), m["sources"]
+
+
 def pack_store(store: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Write the store at ``store`` as a pack into the folder ``out`` (created; files of runs no longer in the
     store are removed). Returns the manifest, with ``changed``: the files written this time."""
@@ -165,6 +191,20 @@ def pack_store(store: str | os.PathLike, out: str | os.PathLike) -> dict:
             raise StoreError(f"{src} is not a robustdyn results store (no runs table)", "pass a results store")
         files: dict[str, bytes] = {"schema.sql": ("".join(sql.strip() + ";\n" for _, _, sql in objs)).encode()}
         counts: dict[str, int] = {}
+        sources: dict[str, str] = {}
+        old_files, old_sources = _previous(out) if out.is_dir() else ({}, {})
+
+        def encoded(name: str, part, columns: list[str]) -> bytes:
+            digest = sources[name] = _source_digest(columns, part)
+            if old_sources.get(name) == digest and name in old_files:
+                try:
+                    data = (out / name).read_bytes()
+                except OSError:
+                    data = None
+                if data is not None and hashlib.sha256(data).hexdigest() == old_files[name]:
+                    return data  # the same rows as last time, and the file is intact: no re-encoding
+            return _encode(part, columns)
+
         for kind, table, _ in objs:
             if kind != "table":
                 continue
@@ -177,9 +217,11 @@ def pack_store(store: str | os.PathLike, out: str | os.PathLike) -> dict:
                 for row in rows:
                     by_run.setdefault(int(row[i]), []).append(row)
                 for run_id, part in by_run.items():
-                    files[f"{table}/run-{run_id}{SUFFIXES[PACK_FORMAT]}"] = _encode(part, columns)
+                    name = f"{table}/run-{run_id}{SUFFIXES[PACK_FORMAT]}"
+                    files[name] = encoded(name, part, columns)
             else:
-                files[f"{table}{SUFFIXES[PACK_FORMAT]}"] = _encode(rows, columns)
+                name = f"{table}{SUFFIXES[PACK_FORMAT]}"
+                files[name] = encoded(name, rows, columns)
     finally:
         con.close()
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +233,8 @@ def pack_store(store: str | os.PathLike, out: str | os.PathLike) -> dict:
             changed.append(rel)
     manifest = {"format": PACK_FORMAT, "what": "robustbench_dyn results store pack (robustdyn store unpack)",
                 "rows": counts,
-                "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}}
+                "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+                "sources": dict(sorted(sources.items()))}
     _write_if_changed(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return {**manifest, "changed": changed}
 

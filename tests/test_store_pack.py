@@ -196,3 +196,31 @@ def test_a_malformed_file_with_a_matching_digest_is_refused(store, tmp_path):
         with pytest.raises(StoreError, match="cannot rebuild"):
             unpack_store(pack, tmp_path / "bad.sqlite")
         assert not (tmp_path / "bad.sqlite").exists()
+
+
+def test_a_repack_encodes_only_what_changed_and_never_reuses_an_edited_file(capsys, store, tmp_path, monkeypatch):
+    import robustbench_dyn.store_pack as sp
+    pack = tmp_path / "pack"
+    pack_store(store, pack)
+    encoded: list[int] = []
+    real = sp._encode
+    monkeypatch.setattr(sp, "_encode", lambda rows, columns: encoded.append(len(rows)) or real(rows, columns))
+    before = {p: p.read_bytes() for p in pack.rglob("*") if p.is_file()}
+    assert pack_store(store, pack)["changed"] == [] and encoded == []  # nothing re-encoded, nothing rewritten
+    assert {p: p.read_bytes() for p in pack.rglob("*") if p.is_file()} == before
+    # a new run: its examples file and the small tables that gained rows are encoded, the old runs' files are not
+    code, _, err = run(capsys, "evaluate", "--model", "gated", "--untrained", "--attack", "pgd", "--eps-grid",
+                       "8/255", "--n", 6, "--set", "steps=2", "--store", store, "--device", "cpu")
+    assert code == 0, err
+    m = pack_store(store, pack)
+    n_examples = len([f for f in m["files"] if f.startswith("examples/")])
+    assert n_examples == 3 and 0 < len(encoded) < len(m["files"]) - 1
+    assert len([c for c in m["changed"] if c.startswith("examples/")]) == 1
+    # a file edited on disk (its sha256 no longer matches) is encoded again from the store, not reused
+    victim = sorted((pack / "examples").iterdir())[0]
+    good = victim.read_bytes()
+    victim.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    encoded.clear()
+    m = pack_store(store, pack)
+    assert encoded and victim.read_bytes() == good and f"examples/{victim.name}" in m["changed"]
+    assert _dump(unpack_store(pack, tmp_path / "back.sqlite")) == _dump(store)
