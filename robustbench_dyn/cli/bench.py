@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ._app import app, console, err_console
 from ._options import data_dir_option, models_dir_option, no_store_option, open_store, store_option
+from ._progress import LogProgress, progress_bar
 
 _HELP = """Measure inference cost as a user feels it: latency and throughput, next to the MACs the FLOP counter
 reports.
@@ -39,9 +39,8 @@ Examples:
 """
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True)
+def _progress() -> LogProgress:
+    return progress_bar(err_console, eta=False)
 
 
 def _ms(v) -> str:

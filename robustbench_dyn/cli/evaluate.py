@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ._app import app, check_counts, console, err_console
 from ._options import data_dir_option, models_dir_option, no_store_option, open_store, store_option
+from ._progress import LogProgress, progress_bar
 
 _MODEL_HELP = ("A registry name (`robustdyn list`), or path/to/file.py:factory to evaluate your own nn.Module "
                "(imports the file and calls factory(): runs your code).")
@@ -77,9 +77,8 @@ def _model_line(info) -> str:
     return f"{info.name}  checkpoint {info.checkpoint_sha256[:12]}"
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
+def _progress() -> LogProgress:
+    return progress_bar(console)
 
 
 _DIST_HELP = ("Shard the examples across the processes torchrun starts (torch.distributed; NCCL on GPUs, gloo on "

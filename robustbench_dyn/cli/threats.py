@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ._app import app, check_counts, console, err_console
 from ._options import STORE_DEFAULT, data_dir_option, models_dir_option, no_store_option, store_option
+from ._progress import progress_bar
 
 
 def _model_names(models: str) -> list[str]:
@@ -88,8 +88,7 @@ def threats_cmd(
     console.print(f"models  {', '.join(names)}" + ("  [bold red](UNTRAINED: random weights)[/]" if untrained else ""))
     console.print(f"studies {', '.join(s for s in STUDIES if s in chosen)}; eps {', '.join(eps_label(e) for e in grid)}"
                   f" (transfer {eps_label(teps)}); PGD-{steps}; device {dev}")
-    prog = Progress(TextColumn("threats"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
+    prog = progress_bar(console, label="threats")
     try:
         with prog:
             task = prog.add_task("threats", total=None)
