@@ -18,7 +18,8 @@
 #              ways, n=$N_THREATS
 # The store is results/zoo.sqlite (unpacked from reports/results when absent); after every step it is
 # packed back into reports/results (commit that folder). Logs: results/eval_MODEL.log. Two invocations may
-# run side by side on different models.
+# run side by side on different models. Each runs single-threaded unless THREADS says otherwise: beside a
+# training run (or a second evaluation) on a 2-core CPU, a two-thread evaluation takes the training's core.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 STORE=${ROBUSTDYN_STORE:-results/zoo.sqlite}
@@ -26,6 +27,7 @@ PACK=${PACK:-reports/results}
 STEPS=${STEPS:-clean,headline,curves,checks,aa,corr,threats,transfer}
 N_THREATS=${N_THREATS:-500}
 DEVICE=${DEVICE:-cpu}
+export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 export ROBUSTDYN_OFFLINE=1 PYTHONUNBUFFERED=1 ROBUSTDYN_STORE=$STORE
 mkdir -p "$(dirname "$STORE")"
 if [ ! -f "$STORE" ] && [ -f "$PACK/PACK.json" ]; then
