@@ -109,9 +109,27 @@ def subset_indices(total: int, n: int | None, seed: int = 0, what: str = "the da
     if n > total:
         raise DataError(f"n={n} is larger than the {total} images of {what}",
                         f"use --n {total} or less (or omit --n for all)")
-    keys = [hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8] for i in range(total)]
-    order = sorted(range(total), key=keys.__getitem__)
-    return np.sort(np.asarray(order[:n], dtype=np.int64))
+    return np.sort(_key_order(range(total), seed)[:n])
+
+
+def _key(seed: int, i: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{int(i)}".encode()).digest()[:8]
+
+
+def _key_order(indices, seed: int) -> np.ndarray:
+    return np.asarray(sorted((int(i) for i in indices), key=lambda i: _key(seed, i)), dtype=np.int64)
+
+
+def processing_order(indices: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The order in which a run works through its subset ``indices`` (of :func:`subset_indices` with ``seed``).
+
+    It is the order of the same sha256 keys that chose the subset: a seeded random permutation, identical on every
+    machine. A run cut short at any point has therefore done a uniformly random sample of its subset. Index order
+    would not be one: the CIFAR-10 test split is sorted by class over most of its range, so the first few hundred
+    indices of a subset are a few classes only. Its first k elements are ``subset_indices(total, k, seed)`` (the
+    nesting of subsets), whatever the run's n.
+    """
+    return _key_order(indices, seed)
 
 
 # ------------------------------------------------------------------------------------ readers

@@ -1,7 +1,8 @@
 """Robust accuracy over an eps grid, per-example outcomes and dynamics, written to the results store.
 
-The engine (:func:`run_sweep`) works on batches ("chunks") of the seeded data subset. For each
-chunk it
+The engine (:func:`run_sweep`) works on batches ("chunks") of the seeded data subset, taken in the seeded
+order of :func:`~robustbench_dyn.data.processing_order` (not index order: the test split is sorted by class
+over most of its range, so a run stopped early would otherwise have seen a few classes). For each chunk it
 
 1. runs the clean forward pass through a :class:`~robustbench_dyn.dynamics.DynamicsProbe` (fp32, eval
    mode): clean predictions and clean attention/gate statistics;
@@ -46,10 +47,10 @@ from torch import nn
 
 from . import distributed
 from .attacks import get_attack, perturbation_norm
-from .data import CIFAR10Data, load_cifar10
+from .data import CIFAR10Data, load_cifar10, processing_order
 from .dynamics import DynamicsProbe, ProbeRecord
 from .errors import ConfigError, DataError
-from .store import ResultsStore, RunKey, encode_detail
+from .store import SAME_AS_BROKEN_AT, ResultsStore, RunKey, encode_detail, round_sig, vector_indices
 
 #: Default number of examples on a CPU, so that ``robustdyn evaluate --model dyconv_k4 --attack pgd``
 #: (PGD-20; ~86% of the examples clean-correct, hence attacked) finishes in about a minute on an idle
@@ -398,9 +399,17 @@ def _nan_to_none(a: np.ndarray) -> list:
     return [None if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in a.tolist()]
 
 
+def _sig_list(a: np.ndarray) -> list:
+    return [round_sig(float(v)) for v in np.asarray(a, dtype=np.float64)]
+
+
 def example_rows(indices: np.ndarray, labels: np.ndarray, clean: ProbeRecord, out: _EpsOutcome,
-                 probe: DynamicsProbe) -> list[dict]:
-    """Store rows (see :mod:`robustbench_dyn.store`) for one chunk at one eps."""
+                 probe: DynamicsProbe, *, vectors: set[int] | None = None, detail: bool = True,
+                 refer_earlier: bool = False) -> list[dict]:
+    """Store rows (see :mod:`robustbench_dyn.store`) for one chunk at one eps. ``vectors``: the indices whose
+    attention and gate vectors go into ``detail`` (None: all); ``detail=False`` leaves the per-layer detail out;
+    ``refer_earlier``: an example broken at a smaller eps of the grid (same adversarial example, same detail) gets
+    :data:`~robustbench_dyn.store.SAME_AS_BROKEN_AT` instead of a copy, unless its vectors are kept here."""
     adv = out.adv
     shift = probe.compare(clean, adv)
     n = len(indices)
@@ -412,32 +421,38 @@ def example_rows(indices: np.ndarray, labels: np.ndarray, clean: ProbeRecord, ou
     }
     none = [None] * n
     if probe.has_attention:
-        cols["attn_entropy_clean"] = clean.entropy_mean().tolist()
-        cols["attn_entropy_adv"] = adv.entropy_mean().tolist()
-        cols["attn_kl"] = shift.kl_mean().tolist()
-        cols["attn_tv"] = shift.tv_mean().tolist()
+        cols["attn_entropy_clean"] = _sig_list(clean.entropy_mean())  # store.ROUNDED_COLUMNS
+        cols["attn_entropy_adv"] = _sig_list(adv.entropy_mean())
+        cols["attn_kl"] = _sig_list(shift.kl_mean())
+        cols["attn_tv"] = _sig_list(shift.tv_mean())
         cols["dominant_kernel_clean"] = clean.dominant_overall().tolist()
         cols["dominant_kernel_adv"] = adv.dominant_overall().tolist()
         cols["dominant_changed"] = shift.dominant_changed_frac().tolist()
     if probe.has_gates:
         cols["gate_density_clean"] = clean.density_mean().tolist()
         cols["gate_density_adv"] = adv.density_mean().tolist()
-    detail = none
-    if probe.has_attention or probe.has_gates:
+    details = none
+    if detail and (probe.has_attention or probe.has_gates):
         H_c, H_a = clean.entropy(), adv.entropy()
         D_c, D_a = clean.dominant(), adv.dominant()
         V_c, V_a = clean.vectors(), adv.vectors()
         G_c, G_a = clean.density(), adv.density()
-        detail = []
+        details = []
         for i in range(n):
             kw: dict = {}
+            keep = vectors is None or int(indices[i]) in vectors
             if probe.has_attention:
                 kw.update(entropy=(H_c[i], H_a[i]), kl=shift.kl[i], tv=shift.tv[i], dominant=(D_c[i], D_a[i]),
-                          attn=(V_c[i], V_a[i]))
+                          attn=(V_c[i], V_a[i]) if keep else None)
             if probe.has_gates:
-                kw.update(density=(G_c[i], G_a[i]), gates=([g[i] for g in clean.gates], [g[i] for g in adv.gates]))
-            detail.append(encode_detail(**kw))
-    cols["detail"] = detail
+                kw.update(density=(G_c[i], G_a[i]),
+                          gates=([g[i] for g in clean.gates], [g[i] for g in adv.gates]) if keep else None)
+            b = out.broken_at[i]
+            if refer_earlier and not keep and 0 < b < out.eps:
+                details.append(SAME_AS_BROKEN_AT)
+            else:
+                details.append(encode_detail(**kw))
+    cols["detail"] = details
     keys = list(cols)
     return [{k: cols[k][i] for k in keys} for i in range(n)]
 
@@ -477,7 +492,8 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
     if ctx.active and not ctx.is_main and store is not None:
         raise ConfigError("only rank 0 writes the results store", "pass store=None on the other ranks")
     run_ids: dict[float, int] | None = None
-    todo = indices
+    todo = processing_order(indices, seed)  # seeded shuffle: a run cut short has done an unbiased sample
+    vectors = {eps: vector_indices(indices, seed, norm, eps) for eps in grid}  # attention vectors kept for these
     if store is not None:
         run_ids = {}
         for eps in grid:
@@ -489,11 +505,12 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
         for rid in run_ids.values():
             s = set(store.done_indices(rid).tolist())
             done = s if done is None else done & s
-        todo = np.asarray([i for i in indices if i not in done], dtype=np.int64)
+        todo = np.asarray([i for i in todo if i not in done], dtype=np.int64)
         store.upsert_model(model=info.name, checkpoint_sha256=info.checkpoint_sha256, untrained=info.untrained,
                            family=info.family, params=sum(p.numel() for p in model.parameters()),
                            macs=probe.static_macs(), layout=probe.layout(), source=info.source)
     todo = distributed.broadcast(todo, ctx)  # rank 0 knows what the store holds
+    to_store = bool(distributed.broadcast(store is not None, ctx))  # every rank's rows go to rank 0's store
 
     rows_mem: list[pd.DataFrame] = []
     adv_parts: dict[float, list[torch.Tensor]] = {e: [] for e in grid}
@@ -512,7 +529,8 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
             clean, outcomes = attack_chunk(model, probe, attack, settings, grid, x, y,
                                            seed_key=f"{seed}:{int(chunk[0])}", device=device, keep_adv=keep_adv)
             labels = y.cpu().numpy()
-            part = ({out.eps: example_rows(chunk, labels, clean, out, probe) for out in outcomes},
+            part = ({out.eps: example_rows(chunk, labels, clean, out, probe, vectors=vectors[out.eps],
+                                           refer_earlier=to_store) for out in outcomes},
                     {out.eps: out.seconds for out in outcomes},
                     {out.eps: out.x_adv for out in outcomes} if keep_adv else None)
         parts = [p for p in distributed.gather(part, ctx) or [] if p is not None]  # [] on ranks > 0
@@ -537,7 +555,8 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
         if progress and ctx.is_main:
             progress(done_count, total)
 
-    examples = pd.concat(rows_mem, ignore_index=True) if rows_mem else None
+    examples = pd.concat(rows_mem, ignore_index=True).sort_values(["eps", "idx"], ignore_index=True) \
+        if rows_mem else None
     if not ctx.is_main:
         clean_acc, robust, duration = distributed.broadcast(None, ctx)
     elif store is not None:
@@ -554,12 +573,13 @@ def run_sweep(model: nn.Module, info: ModelInfo, data: CIFAR10Data, attack: str,
         duration = time.perf_counter() - started
     if ctx.active and ctx.is_main:
         distributed.broadcast((clean_acc, robust, duration), ctx)
+    by_idx = np.argsort(todo, kind="stable")  # adversarial examples are returned in index order
     return SweepResult(
         model=info, attack=attack, settings=settings, norm=norm, grid=grid, n=n_eff, seed=seed, dataset=desc,
         device=str(device), clean_acc=clean_acc, robust_acc=robust, seconds=time.perf_counter() - started,
         duration_s=duration, indices=indices, n_computed=len(todo), run_ids=run_ids, examples=examples,
-        x_adv={e: torch.cat(v) for e, v in adv_parts.items() if v} if keep_adv else None,
-        x_adv_indices=todo if keep_adv else None)
+        x_adv={e: torch.cat(v)[torch.from_numpy(by_idx)] for e, v in adv_parts.items() if v} if keep_adv else None,
+        x_adv_indices=todo[by_idx] if keep_adv else None)
 
 
 def evaluate(model: str | nn.Module, attack: str = "pgd", eps: float | str | Sequence = 8 / 255, *,

@@ -30,7 +30,8 @@ Schema (version :data:`SCHEMA_VERSION`)
     perturbation (norm of x_adv - x in the run's norm);
     dynamics, NULL where the model has none: attn_entropy_clean / attn_entropy_adv (kernel-attention
     entropy in nats, mean over layers), attn_kl (KL(clean || adv), mean over layers), attn_tv (total
-    variation, mean over layers), dominant_kernel_clean / dominant_kernel_adv (argmax of the kernel
+    variation, mean over layers) (these four to 6 significant digits: :data:`ROUNDED_COLUMNS`),
+    dominant_kernel_clean / dominant_kernel_adv (argmax of the kernel
     attention averaged over layers), dominant_changed (fraction of layers whose argmax kernel changed),
     gate_density_clean / gate_density_adv (open gated channels / all gated channels; 1 without gates),
     macs_clean / macs_adv (MACs executed per example);
@@ -40,8 +41,12 @@ Schema (version :data:`SCHEMA_VERSION`)
     KL/TV per layer, dominant kernel per layer, the concatenated attention vectors (little-endian
     float16, base64; kernel attention per layer, for ODConv followed by its spatial attention; the
     layout is ``models.layout``), gate density per block, and the gate vector of each block as a hex
-    bit string (numpy packbits, big-endian bit order). :func:`decode_detail` turns it into arrays;
-    ``examples_df(detail=True)`` does it for a whole table.
+    bit string (numpy packbits, big-endian bit order). A pair whose two sides are equal (eps 0, an
+    example left unattacked) is stored as one element, and all-zero KL/TV are left out. The attention
+    and gate vectors are stored only where :func:`vector_indices` says (500 examples of each run at the
+    standard eps): they are most of the bytes. :func:`decode_detail` turns it into arrays;
+    ``examples_df(detail=True)`` does it for a whole table; :meth:`ResultsStore.compact` brings rows
+    written before this form to it.
 
 ``checks`` — sanity checks, PRIMARY KEY (model, checkpoint_sha256, check_name, dataset_digest, n, seed)
     value, passed (0/1), threshold (text), meaning (what a FAIL means), detail, settings (JSON),
@@ -61,6 +66,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import sqlite3
 import time
@@ -329,6 +335,41 @@ class ResultsStore(_StoreFile):
         return {"run_id": run_id, "n": n, "n_done": done, "status": status, "duration_s": dur,
                 "clean_acc": clean, "robust_acc": robust}
 
+    def compact(self) -> dict:
+        """Rewrite rows stored by older versions in today's compact form, in place: ``detail`` as
+        :func:`compact_detail` writes it, or :data:`SAME_AS_BROKEN_AT` where it equals the detail stored at the
+        example's broken_at in the same sweep; attention and gate vectors only where :func:`vector_indices` keeps
+        them (for a run not yet complete: among its stored examples); the :data:`ROUNDED_COLUMNS` to 6 significant
+        digits. Idempotent. Returns {"runs": runs touched, "rows": rows rewritten}; ``VACUUM`` shrinks the file."""
+        runs = self._query("SELECT run_id, norm, eps, seed FROM runs ORDER BY run_id")
+        cols = ", ".join(ROUNDED_COLUMNS)
+        touched = rows_changed = 0
+        with self._tx() as con:
+            for run_id, norm, eps, seed in runs:
+                rows = con.execute(f"SELECT idx, detail, broken_at, {cols} FROM examples WHERE run_id = ?",
+                                   (run_id,)).fetchall()
+                keep = vector_indices([r[0] for r in rows], int(seed), norm, eps)
+                earlier = dict(con.execute(
+                    "SELECT s.idx, s.detail FROM examples e JOIN runs r ON r.run_id = e.run_id " + _AT_BROKEN +
+                    "WHERE e.run_id = ? AND e.broken_at > 0 AND e.broken_at < r.eps AND e.detail IS NOT NULL",
+                    (run_id,)).fetchall())
+                updates = []
+                for idx, detail, _broken_at, *vals in rows:
+                    new_detail = compact_detail(detail, vectors=idx in keep) if detail != SAME_AS_BROKEN_AT \
+                        else detail
+                    if (idx not in keep and new_detail not in (None, SAME_AS_BROKEN_AT) and idx in earlier
+                            and compact_detail(earlier[idx], vectors=False) == new_detail):
+                        new_detail = SAME_AS_BROKEN_AT
+                    new_vals = [round_sig(v) for v in vals]
+                    if new_detail != detail or new_vals != list(vals):
+                        updates.append((new_detail, *new_vals, run_id, idx))
+                if updates:
+                    sets = ", ".join(f"{c} = ?" for c in ("detail", *ROUNDED_COLUMNS))
+                    con.executemany(f"UPDATE examples SET {sets} WHERE run_id = ? AND idx = ?", updates)
+                    touched += 1
+                    rows_changed += len(updates)
+        return {"runs": touched, "rows": rows_changed}
+
     # ---------------------------------------------------------------------- checks, models
     def add_check(self, *, model: str, checkpoint_sha256: str, check_name: str, dataset_digest: str, n: int,
                   seed: int, value: float | None, passed: bool, threshold: str = "", meaning: str = "",
@@ -406,11 +447,23 @@ class ResultsStore(_StoreFile):
             sql += " WHERE " + " AND ".join(where)
         df = self._df(sql + " ORDER BY e.run_id, e.idx", params)
         if detail and len(df):
+            if (df["detail"] == SAME_AS_BROKEN_AT).any():
+                df["detail"] = self._resolve_same(df)
             decoded = [decode_detail(d) for d in df["detail"]]
             keys = sorted({k for d in decoded for k in d})
             for k in keys:
                 df[k] = [d.get(k) for d in decoded]
         return df
+
+    def _resolve_same(self, df: pd.DataFrame) -> list:
+        """``df.detail`` with each :data:`SAME_AS_BROKEN_AT` replaced by the detail its sweep stored at broken_at."""
+        runs = sorted({int(r) for r in df.run_id[df["detail"] == SAME_AS_BROKEN_AT]})
+        rows = self._query(
+            "SELECT e.run_id, e.idx, s.detail FROM examples e JOIN runs r ON r.run_id = e.run_id " + _AT_BROKEN +
+            f"WHERE e.detail = ? AND e.run_id IN ({', '.join('?' * len(runs))})", (SAME_AS_BROKEN_AT, *runs))
+        found = {(int(r), int(i)): d for r, i, d in rows}
+        return [found.get((int(r), int(i))) if d == SAME_AS_BROKEN_AT else d
+                for r, i, d in zip(df.run_id, df.idx, df["detail"], strict=True)]
 
     def checks_df(self) -> pd.DataFrame:
         return self._df("SELECT * FROM checks ORDER BY model, check_name")
@@ -521,6 +574,18 @@ def _sql_value(v):
 
 # ---------------------------------------------------------------------------------- detail JSON
 
+#: example columns stored to 6 significant digits: the per-example attention means. Their float64 digits
+#: beyond that are noise (means of float32 values), and at full precision these columns were half of a pack.
+ROUNDED_COLUMNS = ("attn_entropy_clean", "attn_entropy_adv", "attn_kl", "attn_tv")
+
+
+def round_sig(v, digits: int = 6):
+    """A float rounded to ``digits`` significant digits (as a Python float); None and NaN pass through."""
+    if v is None or not isinstance(v, float) or math.isnan(v):
+        return v
+    return float(f"{v:.{digits}g}")
+
+
 def _round(a, digits: int = 4) -> list:
     return [round(float(v), digits) for v in np.asarray(a).ravel()]
 
@@ -544,36 +609,113 @@ def decode_bits(s: str, length: int | None = None) -> np.ndarray:
     return bits[:length] if length is not None else bits
 
 
+#: The standard eps of each norm (RobustBench's CIFAR-10 threat models).
+STANDARD_EPS = {"Linf": 8 / 255, "L2": 0.5}
+#: The vectors of ``detail`` (attention vectors ``attn``, gate bits ``gates``) are stored for this many examples of
+#: a run, and only in runs at the standard eps of their norm: the first ones of its processing order
+#: (:func:`vector_indices`). Nearly incompressible, they were ~60 % of the bytes of a dynamic model's examples,
+#: and only the attention t-SNE and the channel-usage-per-class figure read them, at the standard eps.
+VECTOR_EXAMPLES = 500
+
+
+def keeps_vectors(norm: str, eps: float) -> bool:
+    std = STANDARD_EPS.get(norm)
+    return std is not None and abs(float(eps) - std) < 1e-9
+
+
+def vector_indices(indices, seed: int, norm: str, eps: float) -> set[int]:
+    """The examples of a run (its subset ``indices``, its ``seed``) whose attention and gate vectors are stored."""
+    if not keeps_vectors(norm, eps):
+        return set()
+    from .data import processing_order
+
+    return {int(i) for i in processing_order(np.asarray(indices), seed)[:VECTOR_EXAMPLES]}
+
+
+#: ``detail`` of an example already broken at a smaller eps of the same sweep: its adversarial example, and so
+#: its detail, is the one stored in the sweep's run at eps = ``broken_at`` (:meth:`ResultsStore.examples_df`
+#: resolves it). A curve's larger eps are mostly such rows.
+SAME_AS_BROKEN_AT = '{"at":"broken_at"}'
+
+
+#: SQL joining each example row ``e`` of run ``r`` to ``s``, its row in the run of the same sweep at eps = broken_at
+_AT_BROKEN = (
+    "JOIN runs rs ON rs.model = r.model AND rs.checkpoint_sha256 = r.checkpoint_sha256 AND rs.attack = r.attack "
+    "AND rs.settings = r.settings AND rs.norm = r.norm AND rs.grid = r.grid AND rs.dataset_id = r.dataset_id AND "
+    "rs.dataset_digest = r.dataset_digest AND rs.seed = r.seed AND rs.n = r.n AND ABS(rs.eps - e.broken_at) < 1e-12 "
+    "JOIN examples s ON s.run_id = rs.run_id AND s.idx = e.idx ")
+
+
+def _pair(clean: list, adv: list) -> list:
+    """(clean, adv) as stored: one element when they are equal (eps 0, an unattacked example)."""
+    return [clean] if clean == adv else [clean, adv]
+
+
 def encode_detail(*, entropy: tuple | None = None, kl=None, tv=None, dominant: tuple | None = None,
                   attn: tuple | None = None, density: tuple | None = None, gates: tuple | None = None) -> str | None:
-    """The ``detail`` JSON of one example (pairs are (clean, adv)); None when there is nothing to store."""
+    """The ``detail`` JSON of one example (pairs are (clean, adv)); None when there is nothing to store.
+
+    Each pair is stored as one element when the adversarial side equals the clean one, and KL/TV are left out
+    when all zero: :func:`decode_detail` restores both. ``attn`` and ``gates`` may be None (vectors not kept for
+    this example).
+    """
     d: dict = {}
     if entropy is not None and len(entropy[0]):
-        d["H"] = [_round(entropy[0]), _round(entropy[1])]
-        d["kl"] = _round(kl, 6)
-        d["tv"] = _round(tv)
-        d["dom"] = [[int(v) for v in dominant[0]], [int(v) for v in dominant[1]]]
-        d["attn"] = [encode_vector(attn[0]), encode_vector(attn[1])]
+        d["H"] = _pair(_round(entropy[0]), _round(entropy[1]))
+        kl_r, tv_r = _round(kl, 6), _round(tv)
+        if any(kl_r) or any(tv_r):
+            d["kl"], d["tv"] = kl_r, tv_r
+        d["dom"] = _pair([int(v) for v in dominant[0]], [int(v) for v in dominant[1]])
+        if attn is not None:
+            d["attn"] = _pair(encode_vector(attn[0]), encode_vector(attn[1]))
     if density is not None and len(density[0]):
-        d["dens"] = [_round(density[0]), _round(density[1])]
-        d["gates"] = [[encode_bits(g) for g in gates[0]], [encode_bits(g) for g in gates[1]]]
+        d["dens"] = _pair(_round(density[0]), _round(density[1]))
+        if gates is not None:
+            d["gates"] = _pair([encode_bits(g) for g in gates[0]], [encode_bits(g) for g in gates[1]])
+    return json.dumps(d, separators=(",", ":")) if d else None
+
+
+def compact_detail(text: str | None, *, vectors: bool = True) -> str | None:
+    """``detail`` JSON rewritten in the compact form of :func:`encode_detail` (equal pairs as one element,
+    all-zero KL/TV left out), without the attention and gate vectors unless ``vectors``. Idempotent; the values
+    :func:`decode_detail` returns are unchanged (apart from the vectors dropped)."""
+    if text is None:
+        return None
+    d = json.loads(text)
+    for k in ("H", "dom", "attn", "dens", "gates"):
+        if k in d and len(d[k]) == 2:
+            d[k] = _pair(d[k][0], d[k][1])
+    if "kl" in d and not any(d["kl"]) and not any(d.get("tv", [])):
+        del d["kl"], d["tv"]
+    if not vectors:
+        d.pop("attn", None)
+        d.pop("gates", None)
     return json.dumps(d, separators=(",", ":")) if d else None
 
 
 def decode_detail(text: str | None) -> dict:
     """``detail`` JSON -> arrays: entropy_layers_clean/adv, kl_layers, tv_layers, dominant_layers_clean/adv,
     attn_clean/adv (float32 vectors), density_blocks_clean/adv, gates_clean/adv (list of uint8 arrays per block,
-    padded to a multiple of 8 bits; trim with the channel counts in models.layout)."""
+    padded to a multiple of 8 bits; trim with the channel counts in models.layout). The attention and gate vectors
+    only where stored (see :data:`VECTOR_EXAMPLES`). Reads the compact form (a pair of one element: adv = clean;
+    no kl/tv: zeros) and the
+    older full form."""
     if text is None or (isinstance(text, float) and np.isnan(text)):
         return {}
     d = json.loads(text)
     out: dict = {}
     if "H" in d:
-        out["entropy_layers_clean"], out["entropy_layers_adv"] = (np.asarray(v) for v in d["H"])
-        out["kl_layers"], out["tv_layers"] = np.asarray(d["kl"]), np.asarray(d["tv"])
-        out["dominant_layers_clean"], out["dominant_layers_adv"] = (np.asarray(v) for v in d["dom"])
-        out["attn_clean"], out["attn_adv"] = (decode_vector(v) for v in d["attn"])
+        out["entropy_layers_clean"], out["entropy_layers_adv"] = np.asarray(d["H"][0]), np.asarray(d["H"][-1])
+        zeros = [0.0] * len(d["H"][0])
+        out["kl_layers"], out["tv_layers"] = np.asarray(d.get("kl", zeros)), np.asarray(d.get("tv", zeros))
+        out["dominant_layers_clean"], out["dominant_layers_adv"] = (np.asarray(d["dom"][0]),
+                                                                    np.asarray(d["dom"][-1]))
+        if "attn" in d:
+            out["attn_clean"], out["attn_adv"] = decode_vector(d["attn"][0]), decode_vector(d["attn"][-1])
     if "dens" in d:
-        out["density_blocks_clean"], out["density_blocks_adv"] = (np.asarray(v) for v in d["dens"])
-        out["gates_clean"], out["gates_adv"] = ([decode_bits(g) for g in side] for side in d["gates"])
+        out["density_blocks_clean"], out["density_blocks_adv"] = (np.asarray(d["dens"][0]),
+                                                                  np.asarray(d["dens"][-1]))
+    if "gates" in d:
+        out["gates_clean"], out["gates_adv"] = ([decode_bits(g) for g in side] for side in (d["gates"][0],
+                                                                                          d["gates"][-1]))
     return out

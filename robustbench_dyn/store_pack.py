@@ -93,11 +93,11 @@ def _encode(rows, columns: list[str]) -> bytes:
             if isinstance(v, bytes):
                 raise StoreError("the store holds a binary (BLOB) value, which a pack does not carry",
                                  "report this: the store schema has no BLOB columns")
-    cols = list(zip(*rows)) if rows else [() for _ in columns]
-    f32 = [c for c, vals in zip(columns, cols)
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    f32 = [c for c, vals in zip(columns, cols, strict=True)
            if any(isinstance(v, float) for v in vals) and all(_is_f32(v) for v in vals if isinstance(v, float))]
     lines = [json.dumps({"columns": columns, "float32": f32, "rows": len(rows)}, separators=(",", ":"))]
-    for c, vals in zip(columns, cols):
+    for c, vals in zip(columns, cols, strict=True):
         if c in f32:
             lines.append("[" + ",".join(_f32_text(v) if isinstance(v, float) else json.dumps(v) for v in vals) + "]")
         else:
@@ -120,7 +120,7 @@ def _decode(name: str, data: bytes) -> tuple[list[str], list]:
     for i, c in enumerate(columns):
         if c in f32:
             cols[i] = [float(np.float32(v)) if isinstance(v, float) else v for v in cols[i]]
-    return columns, [list(r) for r in zip(*cols)] if n else []
+    return columns, [list(r) for r in zip(*cols, strict=True)] if n else []
 
 
 def _table_of(name: str) -> str | None:
@@ -192,7 +192,8 @@ def pack_store(store: str | os.PathLike, out: str | os.PathLike) -> dict:
         files: dict[str, bytes] = {"schema.sql": ("".join(sql.strip() + ";\n" for _, _, sql in objs)).encode()}
         counts: dict[str, int] = {}
         sources: dict[str, str] = {}
-        old_files, old_sources = _previous(out) if out.is_dir() else ({}, {})
+        old_files, old_sources = _previous(out)
+        reused: set[str] = set()  # files found intact in ``out``: nothing to write
 
         def encoded(name: str, part, columns: list[str]) -> bytes:
             digest = sources[name] = _source_digest(columns, part)
@@ -202,6 +203,7 @@ def pack_store(store: str | os.PathLike, out: str | os.PathLike) -> dict:
                 except OSError:
                     data = None
                 if data is not None and hashlib.sha256(data).hexdigest() == old_files[name]:
+                    reused.add(name)
                     return data  # the same rows as last time, and the file is intact: no re-encoding
             return _encode(part, columns)
 
@@ -225,7 +227,8 @@ def pack_store(store: str | os.PathLike, out: str | os.PathLike) -> dict:
     finally:
         con.close()
     out.mkdir(parents=True, exist_ok=True)
-    changed = [name for name, data in sorted(files.items()) if _write_if_changed(out / name, data)]
+    changed = [name for name, data in sorted(files.items())
+               if name not in reused and _write_if_changed(out / name, data)]
     for old in sorted(p for suffix in SUFFIXES.values() for p in out.rglob("*" + suffix)):
         rel = old.relative_to(out).as_posix()
         if rel not in files:

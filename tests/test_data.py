@@ -15,6 +15,7 @@ from robustbench_dyn.data import (
     dataset_digest,
     load_cifar10,
     load_sample,
+    processing_order,
     subset_indices,
 )
 from robustbench_dyn.errors import DataError
@@ -225,6 +226,22 @@ def test_subset_all_and_errors():
     with pytest.raises(DataError, match="seed"):
         subset_indices(7, 3, seed=-1)
     assert load_sample().subset(20, seed=3).tolist() == _scheme(500, 20, 3)
+
+
+def test_processing_order_is_a_seeded_shuffle_whose_prefixes_are_subsets():
+    sub = subset_indices(10000, 1000, seed=0)
+    order = processing_order(sub, seed=0)
+    assert sorted(order.tolist()) == sub.tolist() and order.dtype == np.int64
+    assert not np.array_equal(order, sub)  # not index order
+    assert np.array_equal(order, processing_order(sub[::-1], seed=0))  # depends on the set only
+    for k in (1, 10, 250):  # a run stopped after k examples has done the seed's k-subset: an unbiased sample
+        assert sorted(order[:k].tolist()) == subset_indices(10000, k, seed=0).tolist()
+    full = processing_order(np.arange(10000), seed=0)  # the whole split too (class-sorted over most of it)
+    assert sorted(full[:100].tolist()) == subset_indices(10000, 100, seed=0).tolist()
+    assert not np.array_equal(processing_order(sub, seed=1), order)
+    # a class-major label array (as the test split is): the first 100 processed cover every class
+    labels = np.repeat(np.arange(10), 1000)
+    assert len(set(labels[full[:100]].tolist())) == 10 and len(set(labels[np.sort(sub)[:100]].tolist())) < 10
 
 
 # ------------------------------------------------------------------------------------ real data

@@ -112,11 +112,11 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, env, suite):
 
     # resume under torchrun: drop the rows of the last two chunks (as a run killed before committing
     # its last round leaves them), rerun, and get the same store back
-    from robustbench_dyn.data import load_cifar10
+    from robustbench_dyn.data import load_cifar10, processing_order
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 'using the bundled sample', as in the runs above
-        order = load_cifar10("test").subset(10, 3)  # the suite's seed
+        order = processing_order(load_cifar10("test").subset(10, 3), 3)  # the suite's seed, in processing order
     lost = [int(i) for i in order[4:]]
     con = sqlite3.connect(dist_store)
     with con:

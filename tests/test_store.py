@@ -10,12 +10,16 @@ import pytest
 from _tiny import sample, trained_model
 
 from robustbench_dyn import create_model
+from robustbench_dyn import store as store_mod
 from robustbench_dyn.attacks import TorchattacksPGD
+from robustbench_dyn.data import processing_order, subset_indices
 from robustbench_dyn.errors import StoreError
 from robustbench_dyn.evaluation import ModelInfo, run_sweep
 from robustbench_dyn.store import (
+    ROUNDED_COLUMNS,
     SCHEMA_VERSION,
     ResultsStore,
+    compact_detail,
     decode_bits,
     decode_detail,
     default_store_path,
@@ -157,6 +161,8 @@ def test_exports_models_and_checks(tmp_path):
         ex = st.examples_df(model="gated", eps=8 / 255, detail=True)
         assert len(ex) == 6 and ex.gate_density_clean.between(0, 1).all()
         assert len(ex.gates_clean[0]) == 9 and len(ex.density_blocks_adv[0]) == 9
+        ex0 = st.examples_df(model="gated", eps=0.0, detail=True)  # gate bits only at the standard eps
+        assert ex0.density_blocks_clean.notna().all() and ("gates_clean" not in ex0 or ex0.gates_clean.isna().all())
         paths = st.to_csv(tmp_path / "csv")
         assert sorted(p.name for p in paths) == ["checks.csv", "examples.csv", "models.csv", "runs.csv"]
 
@@ -174,3 +180,155 @@ def test_detail_roundtrip():
     assert np.array_equal(d["gates_clean"][1][:32], gates[1])
     assert np.array_equal(decode_bits(encode_bits(gates[0]), 16), gates[0])
     assert decode_detail(None) == {} and encode_detail() is None
+
+
+def test_interrupted_run_has_done_an_unbiased_sample(model, tmp_path):
+    """Examples are processed in the seeded order: a run cut short holds the seed's smaller subset, not the
+    lowest indices (the test split is sorted by class over most of its range)."""
+    data = sample()
+    with ResultsStore(tmp_path / "p.sqlite") as st:
+        progress = []
+
+        def stop_after_two(done, total):
+            progress.append(done)
+            if done >= 16:
+                raise _Boom("stop")
+
+        with pytest.raises(_Boom):
+            run_sweep(model, INFO, data, "fgsm", [8 / 255], n=40, seed=3, batch_size=8, store=st,
+                      progress=stop_after_two)
+        done = st.done_indices(int(st.runs_df().run_id.iloc[0]))
+        assert len(done) == 16 and done.tolist() == subset_indices(len(data), 16, seed=3).tolist()
+        assert done.tolist() != subset_indices(len(data), 40, seed=3)[:16].tolist()
+
+
+def _legacy(text):
+    """The detail JSON as versions before the compact form wrote it: every pair in full, KL/TV always."""
+    if text is None:
+        return None
+    import json
+
+    d = json.loads(text)
+    for k in ("H", "dom", "attn", "dens", "gates"):
+        if k in d and len(d[k]) == 1:
+            d[k] = [d[k][0], d[k][0]]
+    if "H" in d and "kl" not in d:
+        d["kl"] = d["tv"] = [0.0] * len(d["H"][0])
+    return json.dumps(d, separators=(",", ":"))
+
+
+def test_detail_compact_form():
+    attn = np.full(8, 0.25)
+    full = encode_detail(entropy=([0.5, 1.0], [0.4, 1.1]), kl=[0.1, 0.0], tv=[0.1, 0.0], dominant=([0, 1], [0, 2]),
+                         attn=(attn, attn * 0 + 0.5))
+    same = encode_detail(entropy=([0.5, 1.0], [0.5, 1.0]), kl=[0.0, 0.0], tv=[0.0, 0.0], dominant=([0, 1], [0, 1]),
+                         attn=(attn, attn), density=([0.5], [0.5]), gates=([np.ones(8)], [np.ones(8)]))
+    import json
+
+    stored = json.loads(same)
+    assert "kl" not in stored and all(len(stored[k]) == 1 for k in ("H", "dom", "attn", "dens", "gates"))
+    assert all(len(v) == 2 for k, v in json.loads(full).items() if k in ("H", "dom", "attn"))
+    for text in (full, same):
+        legacy, compact = decode_detail(_legacy(text)), decode_detail(text)
+        assert compact_detail(_legacy(text)) == text and compact_detail(text) == text  # idempotent
+        assert sorted(legacy) == sorted(compact)
+        for k, v in legacy.items():
+            if k.startswith("gates"):
+                assert all(np.array_equal(a, b) for a, b in zip(v, compact[k], strict=True))
+            else:
+                assert np.array_equal(v, compact[k]), k
+    d = decode_detail(same)
+    assert d["kl_layers"].tolist() == [0.0, 0.0] and d["entropy_layers_adv"].tolist() == [0.5, 1.0]
+    assert "attn_clean" not in decode_detail(compact_detail(full, vectors=False))
+    assert "attn_clean" not in decode_detail(encode_detail(entropy=([1.0], [1.0]), kl=[0.0], tv=[0.0],
+                                                           dominant=([0], [0]), attn=None))
+
+
+def test_vectors_are_kept_for_the_first_examples_at_the_standard_eps_and_compact_rewrites_old_rows(
+        tmp_path, monkeypatch):
+    net = _seeded_dyconv()
+    data = _self_labelled(net, 24)
+    info = ModelInfo("dyconv_k4", "c" * 64, untrained=True, family="dyconv")
+    grid = [0.0, 4 / 255, 8 / 255]
+    monkeypatch.setattr(store_mod, "VECTOR_EXAMPLES", 3)
+    with ResultsStore(tmp_path / "new.sqlite") as st:
+        run_sweep(net, info, data, "fgsm", grid, n=24, seed=2, batch_size=4, store=st)
+        new = st.examples_df(detail=True)
+        raw = st.examples_df()
+    first3 = set(processing_order(subset_indices(len(data), 24, seed=2), 2)[:3].tolist())
+    with_vec = new[new.attn_clean.notna()]
+    assert (with_vec.eps == 8 / 255).all() and set(with_vec.idx.tolist()) == first3
+    assert new.entropy_layers_clean.notna().all() and new.kl_layers.notna().all()
+    clean = new[new.eps == 0]
+    assert all(np.array_equal(a, b) for a, b in zip(clean.entropy_layers_clean, clean.entropy_layers_adv,
+                                                    strict=True))
+    for c in ROUNDED_COLUMNS:
+        assert all(float(f"{v:.6g}") == v for v in raw[c])
+
+    # a store as older versions wrote it: vectors everywhere, full pairs, full-precision means
+    import robustbench_dyn.evaluation as ev
+
+    monkeypatch.setattr(ev, "vector_indices", lambda indices, *a: {int(i) for i in indices})
+    path = tmp_path / "old.sqlite"
+    with ResultsStore(path) as st:
+        run_sweep(net, info, data, "fgsm", grid, n=24, seed=2, batch_size=4, store=st)
+    con = sqlite3.connect(path)
+    rows = con.execute(f"SELECT run_id, idx, detail, {', '.join(ROUNDED_COLUMNS)} FROM examples").fetchall()
+    con.executemany(f"UPDATE examples SET detail = ?, {', '.join(c + ' = ?' for c in ROUNDED_COLUMNS)} "
+                    "WHERE run_id = ? AND idx = ?",
+                    [(_legacy(d), *[v * (1 + 1e-12) for v in vals], rid, idx) for rid, idx, d, *vals in rows])
+    con.commit()
+    con.close()
+    with ResultsStore(path) as st:
+        assert st.examples_df(detail=True).attn_clean.notna().sum() == 72
+        counts = st.compact()
+        assert counts == {"runs": 3, "rows": 72}
+        assert st.compact() == {"runs": 0, "rows": 0}  # idempotent
+        assert st.examples_df().drop(columns="run_id").equals(raw.drop(columns="run_id"))
+    assert (raw.detail == store_mod.SAME_AS_BROKEN_AT).any()  # the legacy copies became references
+
+
+def _seeded_dyconv():
+    """An untrained DyConv ResNet-20 whose weights do not depend on the tests that ran before."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return create_model("dyconv_k4").eval()
+
+
+def _self_labelled(net, n: int):
+    """The first n sample images labelled with ``net``'s own predictions: all clean-correct, so attacks break some."""
+    import dataclasses
+
+    import torch
+
+    base = sample()
+    with torch.no_grad():
+        pred = net(base.tensors(np.arange(n))[0]).argmax(1).numpy()
+    return dataclasses.replace(base, x=base.x[:n], y=pred, digest="")
+
+
+def test_examples_broken_earlier_refer_to_their_detail_and_resolve_to_it(tmp_path):
+    """An example broken at a smaller eps of the sweep keeps that adversarial example: its detail is stored once
+    (the larger eps refer to it) and examples_df(detail=True) gives back the same arrays at every eps."""
+    from robustbench_dyn.store import SAME_AS_BROKEN_AT
+
+    net = _seeded_dyconv()
+    data = _self_labelled(net, 24)
+    info = ModelInfo("dyconv_k4", "d" * 64, untrained=True, family="dyconv")
+    grid = [1 / 255, 4 / 255, 16 / 255]
+    with ResultsStore(tmp_path / "s.sqlite") as st:
+        res = run_sweep(net, info, data, "fgsm", grid, n=24, seed=0, batch_size=12, store=st)
+        raw = st.examples_df()
+        ex = st.examples_df(detail=True)
+    assert res.robust_acc[16 / 255] < res.robust_acc[1 / 255]
+    refs = raw[raw.detail == SAME_AS_BROKEN_AT]
+    assert len(refs) > 0 and (refs.broken_at < refs.eps).all() and (refs.broken_at > 0).all()
+    assert raw[(raw.broken_at > 0) & (raw.broken_at < raw.eps)].detail.eq(SAME_AS_BROKEN_AT).all()
+    assert ex.entropy_layers_adv.notna().all()
+    by = {(round(r.eps, 9), r.idx): r for r in ex.itertuples()}
+    for r in refs.itertuples():
+        a, b = by[(round(r.eps, 9), r.idx)], by[(round(r.broken_at, 9), r.idx)]
+        assert np.array_equal(a.entropy_layers_adv, b.entropy_layers_adv)
+        assert np.array_equal(a.kl_layers, b.kl_layers) and a.attn_entropy_adv == b.attn_entropy_adv

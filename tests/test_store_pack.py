@@ -122,19 +122,20 @@ def test_report_reads_a_pack_folder(capsys, store, tmp_path):
 def _bits(path) -> dict:
     """Every table's rows with floats as their exact bit patterns (``==`` would let -0.0 pass for 0.0)."""
     import struct
-    return {t: sorted((repr([(type(v).__name__, struct.pack("<d", v).hex() if isinstance(v, float) else v)
-                             for v in r]) for r in rows)) for t, rows in _dump(path).items()}
+    return {t: sorted(repr([(type(v).__name__, struct.pack("<d", v).hex() if isinstance(v, float) else v)
+                             for v in r]) for r in rows) for t, rows in _dump(path).items()}
 
 
 def test_float32_columns_are_short_and_exact(store, tmp_path):
     import lzma
+
     import numpy as np
     con = sqlite3.connect(store)
     # perturbation: float32 values (as the attacks compute them), -0.0 and a tiny subnormal-range one included;
     # macs_clean: a float64 value that is not a float32, so that column must keep full precision
     rows = con.execute("SELECT run_id, idx FROM examples ORDER BY run_id, idx").fetchall()
     vals = [float(np.float32(v)) for v in (0.031372549, -0.0, 1.4e-42, 3.3e38, 1e-7, 2.5)]
-    for (run_id, idx), v in zip(rows, vals * 2):
+    for (run_id, idx), v in zip(rows, vals * 2, strict=False):
         con.execute("UPDATE examples SET perturbation=?, macs_clean=? WHERE run_id=? AND idx=?",
                     (v, 1 / 3 + idx, run_id, idx))
     con.commit()

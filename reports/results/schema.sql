@@ -33,7 +33,6 @@ CREATE TABLE models (
     layout TEXT, source TEXT, updated_at TEXT,
     PRIMARY KEY (model, checkpoint_sha256)
 );
-CREATE INDEX examples_idx ON examples(idx);
 CREATE TABLE bench (
     model TEXT NOT NULL, checkpoint_sha256 TEXT NOT NULL, device TEXT NOT NULL, threads INTEGER NOT NULL,
     path TEXT NOT NULL, mode TEXT NOT NULL, batch INTEGER NOT NULL,
@@ -50,3 +49,4 @@ CREATE TABLE threats (
     result TEXT NOT NULL, duration_s REAL, robustdyn_version TEXT, created_at TEXT,
     PRIMARY KEY (model, checkpoint_sha256, threat, settings, eps, dataset_digest, seed, n)
 );
+CREATE INDEX examples_idx ON examples(idx);

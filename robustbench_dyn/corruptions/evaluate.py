@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..data import CIFAR10Data
+from ..data import CIFAR10Data, processing_order
 from ..dynamics import DynamicsProbe
 from ..errors import ConfigError, DataError
 from ..evaluation import (
@@ -152,7 +152,8 @@ def run_corruptions(model: nn.Module, info: ModelInfo, data: CIFAR10Data, corrup
         store.upsert_model(model=info.name, checkpoint_sha256=info.checkpoint_sha256, untrained=info.untrained,
                            family=info.family, params=sum(p.numel() for p in model.parameters()),
                            macs=probe.static_macs(), layout=probe.layout(), source=info.source)
-    todo = np.asarray([i for i in indices if any(i in m for m in missing.values())], dtype=np.int64)
+    todo = np.asarray([i for i in processing_order(indices, seed) if any(i in m for m in missing.values())],
+                      dtype=np.int64)  # seeded shuffle: a run cut short has done an unbiased sample
     total = n_eff * len(configs)
     done = total - sum(len(m) for m in missing.values())
     if progress:
@@ -187,7 +188,7 @@ def run_corruptions(model: nn.Module, info: ModelInfo, data: CIFAR10Data, corrup
             out = _EpsOutcome(float(s), pred, broken, dist, rec, time.perf_counter() - t0)
             # the summary dynamics columns only: the per-layer detail (gate bitmasks, per-block densities) is
             # ~120 bytes of incompressible bits per image, x 75 runs, and no corruption figure reads it
-            rows = [{**r, "detail": None} for r in example_rows(chunk[sel], ys, clean, out, probe)]
+            rows = example_rows(chunk[sel], ys, clean, out, probe, detail=False)
             if store is not None:
                 rid = run_ids[(c, s)]
                 batches[rid] = rows

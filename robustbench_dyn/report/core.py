@@ -44,9 +44,8 @@ import pandas as pd
 
 from ..errors import StoreError
 from ..stats import wilson  # noqa: F401  (re-exported)
+from ..store import STANDARD_EPS  # noqa: F401  (standard eps per norm; re-exported for the sections)
 
-#: Standard eps per norm: the accuracy-robustness table is reported here.
-STANDARD_EPS = {"Linf": 8 / 255, "L2": 0.5}
 DEFAULT_OUT = Path("reports")
 JPEG_NOTE = ("Accuracies measured on the JPEG copy of CIFAR-10 sit below published CIFAR-10 figures "
              "(the copy is lossy: 4:2:0 chroma, PSNR 27-33 dB); compare them with each other, not with papers.")

@@ -160,7 +160,10 @@ def gates_section(ctx: ReportContext) -> SectionResult:
         files.append(png)
         md += [f"### {ctx.label(m)}", "", ctx.md_figure(png, f"Gate density and MACs {m}"), ""]
         # --- figure B: channel usage per class (clean and adversarial)
-        if has_detail:
+        # the gate bits are stored for 500 examples of a run at the standard eps (store.VECTOR_EXAMPLES)
+        gx = ex[ex.gates_clean.notna()] if has_detail and "gates_clean" in ex.columns else ex.iloc[:0]
+        if len(gx):
+            ex = gx
             nb = len(ex.gates_clean.iloc[0])
             names, chans = _block_names(layout, nb)
             y = ex.label.to_numpy().astype(int)
