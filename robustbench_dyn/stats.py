@@ -40,6 +40,26 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(1.0, 2.0 * binom.cdf(min(b, c), b + c, 0.5)))
 
 
+def holm_adjust(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values of a family of tests (same order as ``pvalues``): sort ascending,
+    multiply the i-th smallest (0-based) by (m - i), take the running maximum, cap at 1. Rejecting where the
+    adjusted p < alpha controls the family-wise error rate at alpha under any dependence between the tests
+    (Holm 1979), which the report's comparisons have: they share models, examples and attacks. NaN p-values
+    are left NaN and do not count in the family size."""
+    p = np.asarray(pvalues, dtype=float).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if ok.size == 0:
+        return out
+    if (p[ok] < 0).any() or (p[ok] > 1).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {p[ok].min():.3g}..{p[ok].max():.3g}")
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = order.size
+    adj = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
 def _boot_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Means of ``n_boot`` resamples (with replacement) of ``values``, vectorised in chunks of ~4M draws."""
     n = values.size

@@ -15,6 +15,7 @@ from robustbench_dyn.report.core import ordered_sections
 from robustbench_dyn.stats import (
     bootstrap_mean_diff,
     cohens_d,
+    holm_adjust,
     mcnemar_exact,
     paired_bootstrap,
     rank_biserial,
@@ -115,6 +116,19 @@ def test_mcnemar_exact():
         mcnemar_exact(-1, 2)
 
 
+def test_holm_adjust():
+    # textbook example: p = (0.01, 0.04, 0.03, 0.005), m = 4 -> sorted 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> running max
+    adj = holm_adjust([0.01, 0.04, 0.03, 0.005])
+    assert np.allclose(adj, [0.03, 0.06, 0.06, 0.02])
+    assert np.allclose(holm_adjust([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    nan = holm_adjust([0.02, float("nan"), 0.01])  # NaN stays NaN and is not counted in m
+    assert math.isnan(nan[1]) and np.allclose(nan[[0, 2]], [0.02, 0.02])
+    assert holm_adjust([]).size == 0
+    assert (holm_adjust(np.random.default_rng(0).random(50)) >= 0).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm_adjust([0.1, 1.5])
+
+
 def test_paired_bootstrap():
     assert paired_bootstrap(np.zeros(50)) == (0.0, 0.0, 0.0)  # all pairs identical: CI [0, 0]
     assert paired_bootstrap(np.ones(7)) == (1.0, 1.0, 1.0)
@@ -156,6 +170,9 @@ def test_answer_verdicts_and_numbers(report):
     assert (row.b, row.c) == (10, 70) and math.isclose(row.mcnemar_p, _binom_p(10, 70), rel_tol=1e-9)
     assert math.isclose(row.diff_pt, -15.0) and row.ci_lo_pt < -15 < row.ci_hi_pt < 0
     assert row.verdict == "less robust"
+    # Holm over the whole table: the smallest p is multiplied by the number of comparisons
+    assert math.isclose(row.holm_p, min(1.0, len(t) * row.mcnemar_p), rel_tol=1e-9) and row.survives_holm
+    assert (t.holm_p >= t.mcnemar_p).all() and not t[t.verdict.str.startswith("no detect")].survives_holm.any()
     at = t[(t.dynamic == "dyconv_k4_at") & (t.attack == "PGD-20")].iloc[0]
     assert at.static == "static_at" and (at.b, at.c) == (20, 20) and at.mcnemar_p == 1.0
     assert at.ci_lo_pt < 0 < at.ci_hi_pt and at.verdict == f"no detectable difference at n={N}"
@@ -173,6 +190,8 @@ def test_answer_markdown_and_figure(report):
     assert "dyconv_k4_at [STATIC by audit] vs static_at" in ans and "the dynamism audit calls it static" in ans
     assert "under attack, 0 of 2 comparisons find the dynamic model more robust, 1 less robust, 1 no detectable" \
         in ans
+    assert "Holm-Bonferroni over all 4 comparisons of the table" in ans and "1 of the 1 claimed differences remain" \
+        in ans and "| Holm p |" in ans
     assert "odconv_k4 [STATIC? not audited] vs static under PGD-20 (Linf 8/255): different data subsets" in ans
     assert "fails sanity check zero_gradient" in ans and LABEL in ans and "cpu" in ans
     png = report.out / "figures" / "answer_forest.png"

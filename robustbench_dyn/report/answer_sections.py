@@ -17,7 +17,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..stats import bootstrap_mean_diff, cohens_d, mcnemar_exact, paired_bootstrap, rank_biserial, spearman_bootstrap
+from ..stats import (
+    bootstrap_mean_diff,
+    cohens_d,
+    holm_adjust,
+    mcnemar_exact,
+    paired_bootstrap,
+    rank_biserial,
+    spearman_bootstrap,
+)
 from .core import STANDARD_EPS, ReportContext, SectionResult, SectionSkipped, eps_text, pct, section
 from .plotting import titled
 
@@ -172,7 +180,12 @@ def comparisons(ctx: ReportContext) -> tuple[pd.DataFrame, list[str]]:
                          "complete": bool(run_d.complete and run_s.complete)})
         if absent:
             skipped.append(f"{ctx.label(dyn)} vs {ctx.label(st)}: not compared under " + "; ".join(absent))
-    out = (pd.DataFrame(rows), skipped)
+    tab = pd.DataFrame(rows)
+    if len(tab):
+        # one family: every comparison of the table (clean and attacked), Holm-corrected together
+        tab["holm_p"] = holm_adjust(tab.mcnemar_p)
+        tab["survives_holm"] = (tab.kind != "none") & (tab.holm_p < ALPHA)
+    out = (tab, skipped)
     ctx._answer_cache = out
     return out
 
@@ -236,9 +249,10 @@ def answer_section(ctx: ReportContext) -> SectionResult:
         "static (%)": [pct(v) for v in tab.acc_static], "Δ (pt)": [_pt(v) for v in tab.diff_pt],
         "95% CI (pt)": [f"[{_pt(lo)}, {_pt(hi)}]" for lo, hi in zip(tab.ci_lo_pt, tab.ci_hi_pt, strict=True)],
         "b / c": [f"{b} / {c}" for b, c in zip(tab.b, tab.c, strict=True)],
-        "McNemar p": [f"{p:.2g}" for p in tab.mcnemar_p],
-        "verdict": [(f"**{v}**" if k != "none" else v) + (" †" if mk else "")
-                    for v, k, mk in zip(tab.verdict, tab.kind, masked_rows, strict=True)]})
+        "McNemar p": [f"{p:.2g}" for p in tab.mcnemar_p], "Holm p": [f"{p:.2g}" for p in tab.holm_p],
+        "verdict": [(f"**{v}**" if k != "none" else v) + (" (not after Holm)" if k != "none" and not h else "")
+                    + (" †" if mk else "")
+                    for v, k, h, mk in zip(tab.verdict, tab.kind, tab.survives_holm, masked_rows, strict=True)]})
     sentences = [f"{r.dynamic_label} vs {r.static_label} {_under((r.attack, r.norm, r.eps))}: "
                  f"{_pt(r.diff_pt)} pt [{_pt(r.ci_lo_pt)}, {_pt(r.ci_hi_pt)}], McNemar p={r.mcnemar_p:.2g}, "
                  f"n={r.n_shared}: {r.verdict}" + (" (direct attack; the adaptive study finds this model masked at "
@@ -251,7 +265,14 @@ def answer_section(ctx: ReportContext) -> SectionResult:
             adj = "robust" if what == "under attack" else "accurate"
             counts.append(f"{what}, {k.get('more', 0)} of {len(g)} comparisons find the dynamic model more {adj}, "
                           f"{k.get('less', 0)} less {adj}, {k.get('none', 0)} no detectable difference")
-    overall = "Overall: " + "; ".join(counts) + "."
+    claimed = tab[tab.kind != "none"]
+    holm = (f" Corrected for multiple comparisons (Holm-Bonferroni over all {len(tab)} comparisons of the table, "
+            f"family-wise error rate {ALPHA}): {int(claimed.survives_holm.sum())} of the {len(claimed)} claimed "
+            f"differences remain" + (": " + ", ".join(
+                f"{r.dynamic_label} vs {r.static_label} {'clean' if r.attack == 'clean' else r.condition} "
+                f"({_pt(r.diff_pt)} pt, Holm p={r.holm_p:.2g})" for r in claimed[claimed.survives_holm].itertuples())
+                                     if claimed.survives_holm.any() else "") + "." if len(claimed) else "")
+    overall = "Overall: " + "; ".join(counts) + "." + holm
     marks = []
     for m in dict.fromkeys(tab.dynamic):
         mark = ctx.audit_mark(m)
@@ -274,7 +295,10 @@ def answer_section(ctx: ReportContext) -> SectionResult:
           f"{', '.join(attacks) or 'none (clean accuracy only)'}. Δ = dynamic − static in accuracy points; its 95% "
           f"interval is a paired bootstrap over the shared examples ({N_BOOT} resamples, seed {BOOT_SEED}); b / c = "
           f"examples only the dynamic / only the static model gets right; p = exact two-sided McNemar test on b and c. "
-          f"A difference is claimed only when the interval excludes 0 and p < {ALPHA}.", "",
+          f"A difference is claimed only when the interval excludes 0 and p < {ALPHA}. Holm p = the McNemar p "
+          f"adjusted by Holm's step-down method over all comparisons of the table; a claimed difference whose "
+          f"Holm p is not below {ALPHA} is marked \"not after Holm\": with this many comparisons it may be a "
+          f"chance finding.", "",
           " ".join(sentences), "", overall]
     if marks:
         md += ["", "Marked models stay in the comparison: " + "; ".join(marks) + "."]
@@ -284,7 +308,7 @@ def answer_section(ctx: ReportContext) -> SectionResult:
                   "attack, which overstates the dynamic model's robust accuracy by at least the gap between direct and "
                   "worst case found there (a stronger adaptive attack can only widen it)."
                   if masked_rows.any() else "")]
-    md += ["", ctx.md_table(disp, ["l", "l", "l"] + ["r"] * 7 + ["l"]), "", ctx.md_csv(csv, "answer.csv"), "",
+    md += ["", ctx.md_table(disp, ["l", "l", "l"] + ["r"] * 8 + ["l"]), "", ctx.md_csv(csv, "answer.csv"), "",
            ctx.md_figure(png, "Dynamic minus static accuracy with paired 95% CIs"), "",
            f"Figure: accuracy of each dynamic model minus its static twin's (points), per attack, with paired 95% "
            f"bootstrap intervals; n shared examples per row as in the table ({_ns(tab)}); {data}."]
