@@ -182,8 +182,13 @@ def comparisons(ctx: ReportContext) -> tuple[pd.DataFrame, list[str]]:
             skipped.append(f"{ctx.label(dyn)} vs {ctx.label(st)}: not compared under " + "; ".join(absent))
     tab = pd.DataFrame(rows)
     if len(tab):
-        # one family: every comparison of the table (clean and attacked), Holm-corrected together
-        tab["holm_p"] = holm_adjust(tab.mcnemar_p)
+        # one family: every comparison of the table (clean and attacked) that can reach p < ALPHA at all,
+        # Holm-corrected together. With d discordant pairs the exact McNemar p is at least 2 * 0.5^d, so a
+        # comparison with few discordant pairs (e.g. 0 / 0 at 0 % robust accuracy) can never reject: leaving it out
+        # of the family keeps the family-wise error control (Tarone 1990) without diluting the others.
+        testable = (2.0 * 0.5 ** (tab.b + tab.c)) < ALPHA
+        tab["holm_p"] = np.nan
+        tab.loc[testable, "holm_p"] = holm_adjust(tab.mcnemar_p[testable])
         tab["survives_holm"] = (tab.kind != "none") & (tab.holm_p < ALPHA)
     out = (tab, skipped)
     ctx._answer_cache = out
@@ -249,7 +254,7 @@ def answer_section(ctx: ReportContext) -> SectionResult:
         "static (%)": [pct(v) for v in tab.acc_static], "Δ (pt)": [_pt(v) for v in tab.diff_pt],
         "95% CI (pt)": [f"[{_pt(lo)}, {_pt(hi)}]" for lo, hi in zip(tab.ci_lo_pt, tab.ci_hi_pt, strict=True)],
         "b / c": [f"{b} / {c}" for b, c in zip(tab.b, tab.c, strict=True)],
-        "McNemar p": [f"{p:.2g}" for p in tab.mcnemar_p], "Holm p": [f"{p:.2g}" for p in tab.holm_p],
+        "McNemar p": [f"{p:.2g}" for p in tab.mcnemar_p], "Holm p": [_holm_text(p) for p in tab.holm_p],
         "verdict": [(f"**{v}**" if k != "none" else v) + (" (not after Holm)" if k != "none" and not h else "")
                     + (" †" if mk else "")
                     for v, k, h, mk in zip(tab.verdict, tab.kind, tab.survives_holm, masked_rows, strict=True)]})
@@ -265,14 +270,7 @@ def answer_section(ctx: ReportContext) -> SectionResult:
             adj = "robust" if what == "under attack" else "accurate"
             counts.append(f"{what}, {k.get('more', 0)} of {len(g)} comparisons find the dynamic model more {adj}, "
                           f"{k.get('less', 0)} less {adj}, {k.get('none', 0)} no detectable difference")
-    claimed = tab[tab.kind != "none"]
-    holm = (f" Corrected for multiple comparisons (Holm-Bonferroni over all {len(tab)} comparisons of the table, "
-            f"family-wise error rate {ALPHA}): {int(claimed.survives_holm.sum())} of the {len(claimed)} claimed "
-            f"differences remain" + (": " + ", ".join(
-                f"{r.dynamic_label} vs {r.static_label} {'clean' if r.attack == 'clean' else r.condition} "
-                f"({_pt(r.diff_pt)} pt, Holm p={r.holm_p:.2g})" for r in claimed[claimed.survives_holm].itertuples())
-                                     if claimed.survives_holm.any() else "") + "." if len(claimed) else "")
-    overall = "Overall: " + "; ".join(counts) + "." + holm
+    overall = "Overall: " + "; ".join(counts) + "." + _holm_sentence(tab)
     marks = []
     for m in dict.fromkeys(tab.dynamic):
         mark = ctx.audit_mark(m)
@@ -296,9 +294,11 @@ def answer_section(ctx: ReportContext) -> SectionResult:
           f"interval is a paired bootstrap over the shared examples ({N_BOOT} resamples, seed {BOOT_SEED}); b / c = "
           f"examples only the dynamic / only the static model gets right; p = exact two-sided McNemar test on b and c. "
           f"A difference is claimed only when the interval excludes 0 and p < {ALPHA}. Holm p = the McNemar p "
-          f"adjusted by Holm's step-down method over all comparisons of the table; a claimed difference whose "
-          f"Holm p is not below {ALPHA} is marked \"not after Holm\": with this many comparisons it may be a "
-          f"chance finding.", "",
+          f"adjusted by Holm's step-down method over the comparisons of the table that can reach p < {ALPHA} "
+          f"(with d discordant pairs the exact McNemar p is at least 2 × 0.5^d, so comparisons with fewer than 6 "
+          f"can never reach it: they are left out of the family, after Tarone (1990), and their Holm p reads –); a "
+          f"claimed difference whose Holm p is not below {ALPHA} is marked \"not after Holm\": with this many "
+          f"comparisons it may be a chance finding.", "",
           " ".join(sentences), "", overall]
     if marks:
         md += ["", "Marked models stay in the comparison: " + "; ".join(marks) + "."]
@@ -317,6 +317,24 @@ def answer_section(ctx: ReportContext) -> SectionResult:
     findings = [s[:-1] + f" ({row.dataset})." for s, row in zip(sentences, tab.itertuples(), strict=True)]
     findings += [overall] + [f"{s}." for s in marks + masked]
     return SectionResult("\n".join(md), files=[csv, png], findings=findings)
+
+
+def _holm_sentence(tab: pd.DataFrame) -> str:
+    """' Corrected for multiple comparisons (...): k of the n claimed differences remain: ...' ('' if none)."""
+    claimed = tab[tab.kind != "none"]
+    if claimed.empty:
+        return ""
+    kept = [f"{r.dynamic_label} vs {r.static_label} {'clean' if r.attack == 'clean' else r.condition} "
+            f"({_pt(r.diff_pt)} pt, Holm p={_holm_text(r.holm_p)})"
+            for r in claimed[claimed.survives_holm].itertuples()]
+    return (f" Corrected for multiple comparisons (Holm-Bonferroni over the {int(tab.holm_p.notna().sum())} "
+            f"comparisons of the table that can reach p < {ALPHA}, family-wise error rate {ALPHA}): {len(kept)} of "
+            f"the {len(claimed)} claimed differences remain" + (": " + ", ".join(kept) if kept else "") + ".")
+
+
+def _holm_text(p: float) -> str:
+    """A Holm p with 3 significant digits (2 would print 0.0496 as 0.05); '–' outside the family."""
+    return "–" if p is None or math.isnan(p) else f"{p:.3g}"
 
 
 def _ns(tab: pd.DataFrame) -> str:
@@ -343,11 +361,12 @@ def _forest_plot(ctx: ReportContext, tab: pd.DataFrame, masked: np.ndarray | Non
         for r in g.itertuples():
             y -= 1
             color = _VERDICT_COLOR[r.kind]
+            weak = r.kind != "none" and not getattr(r, "survives_holm", True)  # claimed, but not after Holm
             ax.errorbar([r.diff_pt], [y], xerr=[[max(r.diff_pt - r.ci_lo_pt, 0)], [max(r.ci_hi_pt - r.diff_pt, 0)]],
-                        fmt="o", color=color, capsize=3, markersize=5)
+                        fmt="o", color=color, capsize=3, markersize=5, markerfacecolor="white" if weak else color)
             ax.text(1.02, y, f"{_pt(r.diff_pt)} [{_pt(r.ci_lo_pt)}, {_pt(r.ci_hi_pt)}]  p={r.mcnemar_p:.2g}  "
-                    f"n={r.n_shared}" + ("  † masked" if r.masked_flag else ""), transform=trans, va="center",
-                    fontsize=8, color=color)
+                    f"n={r.n_shared}" + ("  not after Holm" if weak else "") + ("  † masked" if r.masked_flag else ""),
+                    transform=trans, va="center", fontsize=8, color=color)
             ticks.append(y)
             labels.append(f"{r.dynamic_label} − {r.static_label}")
     ax.axvline(0, color="#000000", linewidth=1)
@@ -358,7 +377,7 @@ def _forest_plot(ctx: ReportContext, tab: pd.DataFrame, masked: np.ndarray | Non
     ax.set_ylim(y - 0.7, -0.3)
     ax.set_xlabel("accuracy of the dynamic model − its static twin (points), paired 95% bootstrap CI\nred: dynamic "
                   "less robust, blue: more robust, grey: no detectable difference\n(a difference needs the CI to "
-                  f"exclude 0 and McNemar p < {ALPHA})"
+                  f"exclude 0 and McNemar p < {ALPHA}; hollow: not after Holm's correction)"
                   + ("\n† masked: BPDA/EOT beat the direct attack at this ε, so Δ is overstated"
                      if tab.masked_flag.any() else ""), fontsize=9)
     lo, hi = min(0.0, float(tab.ci_lo_pt.min())), max(0.0, float(tab.ci_hi_pt.max()))
