@@ -344,8 +344,16 @@ def _ns(tab: pd.DataFrame) -> str:
 
 def _forest_plot(ctx: ReportContext, tab: pd.DataFrame, masked: np.ndarray | None = None) -> str:
     """One figure that reads alone: per condition (attack), each dynamic model's Δ vs its static twin with CI;
-    ``masked`` (per row of ``tab``) adds '† masked' where the adaptive study found masking at that ε."""
+    ``masked`` (per row of ``tab``) adds '† masked' where the adaptive study found masking at that ε. Rows with
+    no discordant pair (both models right and wrong on exactly the same examples, e.g. both at 0 % under PGD at
+    8/255) carry no information beyond the table and are left out; the axis label says how many."""
     tab = tab.assign(masked_flag=masked if masked is not None else np.zeros(len(tab), dtype=bool))
+    order = list(dict.fromkeys(tab.condition))  # the table's condition order, before rows are left out
+    n_same = int(((tab.b + tab.c) == 0).sum())
+    if n_same < len(tab):
+        tab = tab[(tab.b + tab.c) > 0]
+    else:
+        n_same = 0
     from matplotlib.transforms import blended_transform_factory
 
     n_rows = len(tab) + tab.condition.nunique()
@@ -353,7 +361,7 @@ def _forest_plot(ctx: ReportContext, tab: pd.DataFrame, masked: np.ndarray | Non
     ax = axes[0][0]
     trans = blended_transform_factory(ax.transAxes, ax.transData)
     y, ticks, labels, heads = 0, [], [], []
-    for _, g in tab.groupby("condition", sort=False):
+    for _, g in sorted(tab.groupby("condition", sort=False), key=lambda kv: order.index(kv[0])):
         y -= 1
         ticks.append(y)
         labels.append(_cond_text((g.attack.iloc[0], g.norm.iloc[0], g.eps.iloc[0])))
@@ -379,7 +387,9 @@ def _forest_plot(ctx: ReportContext, tab: pd.DataFrame, masked: np.ndarray | Non
                   "less robust, blue: more robust, grey: no detectable difference\n(a difference needs the CI to "
                   f"exclude 0 and McNemar p < {ALPHA}; hollow: not after Holm's correction)"
                   + ("\n† masked: BPDA/EOT beat the direct attack at this ε, so Δ is overstated"
-                     if tab.masked_flag.any() else ""), fontsize=9)
+                     if tab.masked_flag.any() else "")
+                  + (f"\nnot shown: {n_same} comparisons with identical outcomes on every shared example (Δ = 0, "
+                     "see the table)" if n_same else ""), fontsize=9)
     lo, hi = min(0.0, float(tab.ci_lo_pt.min())), max(0.0, float(tab.ci_hi_pt.max()))
     pad = max(1.0, 0.08 * (hi - lo))
     ax.set_xlim(lo - pad, hi + pad)
