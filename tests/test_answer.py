@@ -223,23 +223,28 @@ def test_answer_adds_the_small_linf_eps_where_the_store_has_it(tmp_path):
     st = ResultsStore(path)
     rng = np.random.default_rng(1)
     small = 2 / 255
-    flags = {"static": np.arange(N) >= 20, "dyconv_k4": np.arange(N) >= 100}  # dynamic: 80 fewer robust
+    flags = {"static": np.arange(N) >= 20, "dyconv_k4": np.arange(N) >= 100,  # dynamic: 80 fewer robust
+             "static_at": np.arange(N) >= 20, "dyconv_k4_at": np.arange(N) >= 30}
     for model, robust in flags.items():
         key = RunKey(model, f"{model}-sha", "pgd", PGD, "Linf", small, json.dumps([small]), "cifar10-jpeg", "digest",
                      0, N)
         rid = st.run_id(key, eps_label="2/255", dataset_label=LABEL, device="cpu")
-        rows = _rows(np.arange(N), robust, model != "static", rng)
+        rows = _rows(np.arange(N), robust, not model.startswith("static"), rng)
         for r in rows:
             r["broken_at"] = None if r["broken_at"] is None else (0.0 if r["broken_at"] == 0.0 else small)
         st.add_examples({rid: rows})
     st.close()
-    rep = build_report(path, tmp_path / "out", models_dir=make_manifest(tmp_path / "models"), sections=["answer"],
-                       strict=True)
+    rep = build_report(path, tmp_path / "out", models_dir=make_manifest(tmp_path / "models"),
+                       sections=["answer", "why"], strict=True)
     t = pd.read_csv(rep.out / "tables" / "answer.csv")
     row = t[(t.dynamic == "dyconv_k4") & (t.eps.sub(small).abs() < 1e-9)]
     assert len(row) == 1 and row.condition.iloc[0] == "PGD-20 @ 2/255"
     assert row.verdict.iloc[0] == "less robust" and row.diff_pt.iloc[0] == pytest.approx(-20.0)
     assert "2/255" in rep.index_md.read_text()
+    # robustness vs the audit: at the standard eps and at 2/255, each with the difference to the twin at that eps
+    cor = pd.read_csv(rep.out / "tables" / "why_audit_correlation.csv")
+    assert set(cor.eps.round(6)) == {round(EPS, 6), round(small, 6)}
+    assert cor.y_what.str.contains("2/255").any() and cor.y_what.str.contains("8/255").any()
 
 
 def test_answer_marks_comparisons_at_an_eps_where_the_adaptive_study_found_masking(tmp_path):
