@@ -197,10 +197,22 @@ def test_answer_markdown_and_figure(report):
     assert "Holm-Bonferroni over the 2 comparisons of the table that can reach p < 0.05" in ans
     assert "1 of the 1 claimed differences remain: dyconv_k4 vs static PGD-20 @ 8/255 (−15.0 pt" in ans
     assert "| Holm p |" in ans
+    # it opens with the answer: one bullet per pair, only Holm survivors named, before the method paragraph
+    short = ans.split("**In short**", 1)[1].split("Each dynamic model against", 1)[0]
+    assert "- dyconv_k4 vs static: **less robust** under PGD-20 @ 8/255 −15.0 pt [" in short
+    assert f"(Holm p={row_holm(report)}, n={N})" in short
+    assert "no detectable difference in 1 of 2 comparisons" in short
+    assert "dyconv_k4_at [STATIC by audit] vs static_at: no detectable difference in" in short
     assert "odconv_k4 [STATIC? not audited] vs static under PGD-20 (Linf 8/255): different data subsets" in ans
     assert "fails sanity check zero_gradient" in ans and LABEL in ans and "cpu" in ans
     png = report.out / "figures" / "answer_forest.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "figures/answer_forest.png" in report.files
+
+
+def row_holm(report) -> str:
+    t = pd.read_csv(report.out / "tables" / "answer.csv")
+    p = t[(t.dynamic == "dyconv_k4") & (t.attack == "PGD-20")].holm_p.iloc[0]
+    return f"{p:.3g}"
 
 
 def test_why_section(report):

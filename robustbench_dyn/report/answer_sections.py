@@ -286,7 +286,9 @@ def answer_section(ctx: ReportContext) -> SectionResult:
     attacks = [f"{r.attack} at ε = {eps_text(r.eps, r.norm)} ({r.norm}, seed {r.seed})"
                for r in tab[tab.attack != "clean"].drop_duplicates(["attack", "norm", "eps"]).itertuples()]
     data = ctx.data_text(runs, n=False)
-    md = [f"Each dynamic model against its static twin (same architecture, same training: standard or adversarial), "
+    md = ["**In short** (a difference counts here only if it survives Holm's correction; the details follow):", "",
+          *_short_answer(tab, masked_rows), "",
+          f"Each dynamic model against its static twin (same architecture, same training: standard or adversarial), "
           f"on the examples both runs share (same data subset and example idx; {data}; n shared = {_ns(tab)}). "
           f"Attacks at the standard ε, and at ε = 2/255 L∞ where the store has it (at 8/255 standard-trained models "
           f"are all near 0 %, so a small ε is where their robustness can differ): "
@@ -298,8 +300,7 @@ def answer_section(ctx: ReportContext) -> SectionResult:
           f"(with d discordant pairs the exact McNemar p is at least 2 × 0.5^d, so comparisons with fewer than 6 "
           f"can never reach it: they are left out of the family, after Tarone (1990), and their Holm p reads –); a "
           f"claimed difference whose Holm p is not below {ALPHA} is marked \"not after Holm\": with this many "
-          f"comparisons it may be a chance finding.", "",
-          " ".join(sentences), "", overall]
+          f"comparisons it may be a chance finding.", "", overall]
     if marks:
         md += ["", "Marked models stay in the comparison: " + "; ".join(marks) + "."]
     if masked:
@@ -312,11 +313,37 @@ def answer_section(ctx: ReportContext) -> SectionResult:
            ctx.md_figure(png, "Dynamic minus static accuracy with paired 95% CIs"), "",
            f"Figure: accuracy of each dynamic model minus its static twin's (points), per attack, with paired 95% "
            f"bootstrap intervals; n shared examples per row as in the table ({_ns(tab)}); {data}."]
+    md += ["", "Each comparison in words: " + " ".join(sentences)]
     if skipped:
         md += ["", "Not compared: " + "; ".join(skipped) + "."]
     findings = [s[:-1] + f" ({row.dataset})." for s, row in zip(sentences, tab.itertuples(), strict=True)]
     findings += [overall] + [f"{s}." for s in marks + masked]
     return SectionResult("\n".join(md), files=[csv, png], findings=findings)
+
+
+def _short_answer(tab: pd.DataFrame, masked: np.ndarray) -> list[str]:
+    """One bullet per dynamic model vs its twin: the differences that survive Holm (with Δ, CI, Holm p, n), how many
+    nominal claims do not, and how many comparisons find no difference, so the section opens with its answer."""
+    out = []
+    tab = tab.assign(masked_here=masked)
+    for (dyn, sta), g in tab.groupby(["dynamic_label", "static_label"], sort=False):
+        parts = []
+        hit = g[(g.kind != "none") & g.survives_holm.astype(bool)]
+        for verdict, h in hit.groupby("verdict", sort=False):
+            items = [f"{'clean' if r.attack == 'clean' else 'under ' + r.condition} {_pt(r.diff_pt)} pt "
+                     f"[{_pt(r.ci_lo_pt)}, {_pt(r.ci_hi_pt)}] (Holm p={_holm_text(r.holm_p)}, n={r.n_shared}"
+                     + ("; masked at this ε, so overstated" if r.masked_here else "") + ")" for r in h.itertuples()]
+            parts.append(f"**{verdict}** " + ", ".join(items))
+        weak = g[(g.kind != "none") & ~g.survives_holm.astype(bool)]
+        if len(weak):
+            parts.append(f"{len(weak)}{' more' if len(hit) else ''} nominal difference{'s' if len(weak) > 1 else ''} "
+                         f"({', '.join(f'{_pt(d)} pt' for d in weak.diff_pt)}) do{'es' if len(weak) == 1 else ''} "
+                         "not survive Holm")
+        none = int((g.kind == "none").sum())
+        if none:
+            parts.append(f"no detectable difference in {none} of {len(g)} comparisons")
+        out.append(f"- {dyn} vs {sta}: " + "; ".join(parts) + ".")
+    return out
 
 
 def _holm_sentence(tab: pd.DataFrame) -> str:
