@@ -206,8 +206,10 @@ def test_full_report_files(full_report):
     for f in pngs:
         assert f"]({f})" in md, f  # every figure is in the markdown
     html = rep.index_html.read_text()
-    assert html.count("data:image/png;base64,") == len(pngs)
-    assert "<table>" in html and "figures/" not in html.split("<body>")[1].replace('href="figures', "")
+    # figures are linked relatively (index.html sits beside figures/), every link resolves, nothing embedded
+    srcs = re.findall(r'<img alt="[^"]*" src="([^"]+)">', html)
+    assert sorted(srcs) == sorted(pngs) and all((rep.out / s).is_file() for s in srcs)
+    assert "data:image" not in html and "<table>" in html
     meta = json.loads((rep.out / "report.json").read_text())
     assert meta["sections"] == rep.built and meta["files"] == rep.files
 
@@ -349,6 +351,15 @@ def test_cli_report_builds(tmp_path, capsys):
     assert (e.value.code or 0) == 0, text
     assert (out / "index.md").exists() and (out / "index.html").exists()
     assert "report: 4 sections" in text
+    linked = (out / "index.html").read_text()
+    assert 'src="figures/gates_gated.png"' in linked and "data:image" not in linked
+    with pytest.raises(SystemExit) as e:  # --self-contained: the same page with the figures embedded
+        main(["report", "--store", str(store), "--out", str(out), "--models-dir", str(tmp_path / "m"),
+              "--sections", "main_table,gates,checks,findings", "--self-contained"])
+    assert (e.value.code or 0) == 0, capsys.readouterr().out
+    embedded = (out / "index.html").read_text()
+    assert "figures/gates_gated.png" not in embedded and embedded.count("data:image/png;base64,") == \
+        linked.count('<img alt=')
 
 
 def test_extension_sections(tmp_path):
@@ -424,11 +435,16 @@ def test_markdown_to_html(tmp_path):
           "| model | acc (%) |\n|:---|---:|\n| a \\| b | 1.0 |\n\n"
           "- one\n- two\n\n1. first\n2. second\n\n> a note\n\n![fig](figures/a.png)\n\n## 2. Next: part\n")
     html = markdown_to_html(md, base_dir=tmp_path)
-    assert "<h1 id=\"title\">Title</h1>" in html and '<h2 id="2-next-part">' in html
+    assert '<img alt="fig" src="figures/a.png">' in html and "base64" not in html  # linked, not embedded
+    embedded = markdown_to_html(md, base_dir=tmp_path, embed_images=True)
+    assert '<img alt="fig" src="data:image/png;base64,iVBORw0KGgp4eA==">' in embedded
+    assert embedded.replace('data:image/png;base64,iVBORw0KGgp4eA==', "figures/a.png") == html
+    with pytest.raises(ValueError, match="needs base_dir"):
+        markdown_to_html(md, embed_images=True) and '<h2 id="2-next-part">' in html
     assert "<strong>bold</strong>" in html and "<code>code</code>" in html and 'href="tables/x.csv"' in html
     assert '<td style="text-align:left">a | b</td>' in html and '<th style="text-align:right">acc (%)</th>' in html
     assert "<ul><li>one</li><li>two</li></ul>" in html and "<ol><li>first</li>" in html
-    assert "<blockquote>" in html and 'src="data:image/png;base64,' in html
+    assert "<blockquote>" in html
 
 
 def test_audit_section_and_marks(full_report):

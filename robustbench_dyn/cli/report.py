@@ -23,8 +23,15 @@ def report_cmd(
     list_sections: bool = typer.Option(False, "--list-sections", help="List the registered sections and exit."),
     tsne_max: int = typer.Option(500, "--tsne-max", help="At most this many examples per model in the t-SNE "
                                  "(clean + adversarial: twice as many points; exact t-SNE up to 1000 points)."),
+    self_contained: bool = typer.Option(False, "--self-contained", help="Embed the figures in index.html as "
+                                        "data URIs: one file to mail or attach (several MB). Default: index.html "
+                                        "links figures/*.png beside it."),
 ) -> None:
-    """Tables and figures (markdown, self-contained HTML, PNG, CSV) from the results store."""
+    """Tables and figures (markdown, HTML, PNG, CSV) from the results store.
+
+    Writes OUT/index.md, OUT/index.html (open it in a browser; it links OUT/figures/), OUT/figures/*.png and
+    OUT/tables/*.csv. Example: robustdyn report --store reports/results --out reports
+    """
     from ..errors import ConfigError
     from ..report import SECTIONS, build_report
     from ..report.core import ordered_sections
@@ -49,7 +56,8 @@ def report_cmd(
         else:
             console.print(f"{status_text.get(status, status)} [dim]({time.perf_counter() - started[sid]:.1f} s)[/]")
 
-    rep = build_report(store, out, models_dir=models_dir, sections=only, progress=progress, tsne_max=tsne_max)
+    rep = build_report(store, out, models_dir=models_dir, sections=only, progress=progress, tsne_max=tsne_max,
+                       self_contained=self_contained)
     for sid, why in rep.missing.items():
         console.print(f"[yellow]missing[/] {SECTIONS[sid].title}: {why}", highlight=False)
     for sid, why in rep.failed.items():

@@ -681,9 +681,11 @@ def open_store_for_report(store_path: str | os.PathLike | None):
 def build_report(store: str | os.PathLike | Any | None = None, out: str | os.PathLike = DEFAULT_OUT, *,
                  models_dir: str | os.PathLike | None = None, sections: Iterable[str] | None = None,
                  strict: bool = False, progress: Callable[[str, str], None] | None = None,
-                 generated_at: datetime | None = None, tsne_max: int = 500) -> Report:
+                 generated_at: datetime | None = None, tsne_max: int = 500,
+                 self_contained: bool = False) -> Report:
     """Build the report from the results ``store`` (a path or an open ResultsStore) into ``out``:
-    index.md, index.html (self-contained), figures/*.png and tables/*.csv.
+    index.md, index.html, figures/*.png and tables/*.csv. index.html links its figures relatively
+    (``self_contained=True``: embeds them as data URIs, one file to mail, several MB).
 
     Sections whose data is absent are listed as missing with the reason. A builder that raises another
     exception is reported as failed (``strict=True`` re-raises it instead, for tests).
@@ -719,7 +721,8 @@ def build_report(store: str | os.PathLike | Any | None = None, out: str | os.Pat
         index_md.write_text(md, encoding="utf-8")
         index_html = out / "index.html"
         index_html.write_text(html_mod.markdown_to_html(md, base_dir=out, title="Adversarial robustness of dynamic "
-                                                        "CNNs: report"), encoding="utf-8")
+                                                        "CNNs: report", embed_images=self_contained),
+                              encoding="utf-8")
         files = sorted({f for _, r in built for f in r.files})
         _cleanup(out, old_files, set(files))
         (out / "report.json").write_text(json.dumps({

@@ -1,9 +1,11 @@
-"""A small markdown -> self-contained HTML converter for the report (no dependency).
+"""A small markdown -> HTML converter for the report (no dependency).
 
 It handles the subset the report writes: ATX headings, paragraphs, pipe tables with an alignment
 row, ``-``/``1.`` lists, ``>`` notes, ``---`` rules, fenced code, and inline code, bold, italic,
-links and images. Images under the report folder are embedded as base64 data URIs, so index.html
-is one file that can be mailed or attached.
+links and images. Images are linked by their relative path (index.html sits beside figures/, so the
+page stays small: the report's 40-odd figures embedded would be ~7 MB of base64 in git). With
+``embed_images=True`` (``robustdyn report --self-contained``) images under ``base_dir`` are embedded as
+base64 data URIs instead, so index.html is one file that can be mailed or attached.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def _slug(text: str) -> str:
 
 
 def _data_uri(src: str, base_dir: Path | None) -> str:
+    """``src`` as a base64 data URI when it names a readable file under ``base_dir`` (else unchanged)."""
     if base_dir is None or re.match(r"^[a-z]+:", src):
         return src
     p = (base_dir / src)
@@ -58,7 +61,8 @@ def _data_uri(src: str, base_dir: Path | None) -> str:
 
 
 def inline(text: str, base_dir: Path | None = None) -> str:
-    """Inline markdown -> HTML (code spans are protected from the other rules)."""
+    """Inline markdown -> HTML (code spans are protected from the other rules). Images are embedded from
+    ``base_dir`` when it is given, else linked as written."""
     slots: list[str] = []
 
     def keep(s: str) -> str:
@@ -103,9 +107,13 @@ def _table(lines: list[str], base_dir: Path | None) -> str:
     return "\n".join(out)
 
 
-def markdown_to_html(md: str, *, base_dir: str | Path | None = None, title: str = "report") -> str:
-    """The whole document: ``<html>`` with the CSS inline and images embedded from ``base_dir``."""
-    base = Path(base_dir) if base_dir is not None else None
+def markdown_to_html(md: str, *, base_dir: str | Path | None = None, title: str = "report",
+                     embed_images: bool = False) -> str:
+    """The whole document: ``<html>`` with the CSS inline. Images keep their relative links (resolved
+    against the folder the HTML is written to), or with ``embed_images`` are embedded from ``base_dir``."""
+    if embed_images and base_dir is None:
+        raise ValueError("embed_images=True needs base_dir, the folder the image paths are relative to")
+    base = Path(base_dir) if embed_images else None
     lines = md.splitlines()
     body: list[str] = []
     i = 0
