@@ -30,7 +30,7 @@ from robustbench_dyn.threats import (
     run_threats,
     transfer_matrix,
 )
-from robustbench_dyn.threats.attention import tap
+from robustbench_dyn.threats.attention import attention_layers, tap, targetable
 
 EPS = 8 / 255
 
@@ -272,6 +272,24 @@ def test_targeted_attention_attack_moves_attention_onto_the_kernel():
         make_attack("attn-target", model, EPS, target=7, steps=1)(x, y)
     with pytest.raises(ConfigError):
         make_attack("attn-shift", tiny("static"), EPS, steps=1)(x, y)
+
+
+def test_attention_target_skips_k1_layers_whose_kernel_attention_is_constant(tmp_path):
+    """odconv_k1's kernel attention is the constant 1: attn-target has nothing to push (a clear error, not an
+    autograd error), its per-layer target figures are not applicable (NaN), and run_threats plans no
+    attn-target rows for it while attn-shift (on the spatial attention) still runs."""
+    x, y = images(4)
+    k1 = tiny("odconv_k1")
+    assert not any(targetable(m.K, 0) for m in attention_layers(k1))
+    with pytest.raises(ConfigError, match="constant"):
+        make_attack("attn-target", k1, EPS, steps=1)(x, y)
+    rows = attention_study(k1, x, y, [EPS], attacks=("attn-shift",), settings={"attn-shift": {"steps": 2}})
+    assert np.isnan(rows[0]["target_hit_clean"]) and np.isnan(rows[0]["target_attn_adv"])
+    assert rows[0]["kl_sum"] >= 0 and 0 <= rows[0]["acc_adv"] <= rows[0]["acc_clean"]
+    k1.checkpoint_name = "tiny_odconv_k1"
+    res = run_threats([k1], data=sample(), n=4, steps=1, eps_grid=[EPS], studies=("attention",),
+                      store=tmp_path / "r.sqlite")
+    assert set(res.attention["attack"]) == {"pgd", "attn-shift"}
 
 
 # ------------------------------------------------------------------------------------------ transfer

@@ -8,7 +8,8 @@ A dynamic conv picks its kernel mixture per input; an attacker may aim at that c
   (for ODConv with K = 1, whose kernel attention is constant, the spatial attention normalised to a
   distribution over the k x k positions: the same convention as :mod:`robustbench_dyn.dynamics`);
 * :class:`AttentionTargetAttack` (``attn-target``): push the attention onto kernel ``target``:
-  maximise ``sum_l log a_l(x + delta)[target]`` over the layers with more than ``target`` kernels.
+  maximise ``sum_l log a_l(x + delta)[target]`` over the layers with more than ``target`` kernels and at
+  least two (a K = 1 layer's kernel attention is the constant 1: there is nothing to push).
 
 Neither looks at the label. :func:`attention_study` runs both next to label PGD (cross-entropy,
 PGD-20, the registry's ``pgd``) at the same eps and reports the accuracy each one costs and the
@@ -27,6 +28,12 @@ from ._common import Progress, accuracy, record, run_attack
 from .pgd import ObjectivePGD
 
 _EPS = 1e-12
+
+
+def targetable(K: int, target: int) -> bool:
+    """Whether a layer with ``K`` kernels has a kernel attention the targeted attack can move onto
+    kernel ``target`` (K = 1: the kernel attention is the constant 1, independent of the input)."""
+    return K > max(target, 1)
 
 
 def attention_layers(model: nn.Module) -> list[nn.Module]:
@@ -118,9 +125,11 @@ class AttentionTargetAttack(ObjectivePGD):
     def prepare(self, model, x, y, state):
         j = self.settings["target"]
         layers = attention_layers(model)
-        state["use"] = [i for i, m in enumerate(layers) if m.K > j]
+        state["use"] = [i for i, m in enumerate(layers) if targetable(m.K, j)]
         if not state["use"]:
-            raise ConfigError(f"no dynamic layer of this model has a kernel {j} (K <= {j} everywhere)",
+            kmax = max((m.K for m in layers), default=0)
+            raise ConfigError(f"no dynamic layer of this model has a kernel attention over a kernel {j} "
+                              f"(largest K = {kmax}; a K = 1 layer's kernel attention is constant)",
                               "pick a target kernel below K, or a model with K >= 2")
 
     def objective(self, model, x_adv, y, ctx):
@@ -130,15 +139,20 @@ class AttentionTargetAttack(ObjectivePGD):
         return value, value.detach()
 
 
+def _avg(a: np.ndarray) -> float:
+    """nanmean, NaN (without numpy's empty-slice warning) where nothing applies (e.g. K = 1 everywhere)."""
+    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+
+
 def target_hit(rec, target: int) -> np.ndarray:
-    """(N,) fraction of the layers with K > target whose dominant kernel is ``target``."""
-    cols = [k.argmax(1) == target for k in rec.kernel if k.shape[1] > target]
+    """(N,) fraction of the targetable layers (K > target, K >= 2) whose dominant kernel is ``target``."""
+    cols = [k.argmax(1) == target for k in rec.kernel if targetable(k.shape[1], target)]
     return np.mean(np.stack(cols, 1), 1) if cols else np.full(len(rec), np.nan)
 
 
 def target_mass(rec, target: int) -> np.ndarray:
-    """(N,) attention on kernel ``target``, averaged over the layers with K > target."""
-    cols = [k[:, target] for k in rec.kernel if k.shape[1] > target]
+    """(N,) attention on kernel ``target``, averaged over the targetable layers (K > target, K >= 2)."""
+    cols = [k[:, target] for k in rec.kernel if targetable(k.shape[1], target)]
     return np.mean(np.stack(cols, 1), 1) if cols else np.full(len(rec), np.nan)
 
 
@@ -185,10 +199,10 @@ def attention_study(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid
                 "kl": float(np.nanmean(shift.kl_mean())), "kl_sum": float(shift.kl.sum(1).mean()),
                 "tv": float(np.nanmean(shift.tv_mean())),
                 "dominant_changed": float(np.nanmean(shift.dominant_changed_frac())),
-                "target_hit_clean": float(np.nanmean(target_hit(clean, j))),
-                "target_hit_adv": float(np.nanmean(target_hit(adv, j))),
-                "target_attn_clean": float(np.nanmean(target_mass(clean, j))),
-                "target_attn_adv": float(np.nanmean(target_mass(adv, j))),
+                "target_hit_clean": _avg(target_hit(clean, j)),
+                "target_hit_adv": _avg(target_hit(adv, j)),
+                "target_attn_clean": _avg(target_mass(clean, j)),
+                "target_attn_adv": _avg(target_mass(adv, j)),
                 "label_changed": float((clean.pred != adv.pred).mean()),
             })
     return out

@@ -8,7 +8,7 @@ computed. Which study applies to which model:
 
 * energy: models with ChannelGates, at every eps of ``eps_grid``;
 * attention: models with DyConv/ODConv layers, at every eps (``attn-target`` only where some layer has
-  more than ``target`` kernels);
+  more than ``target`` kernels and at least two: not on odconv_k1, whose kernel attention is constant);
 * adaptive: every model, at every eps of ``adaptive_eps`` (default: ``eps_grid``); BPDA runs on gated
   models, EOT on models that are stochastic in eval mode; the others get one "not applicable" row (with
   their direct robust accuracy) at the largest eps;
@@ -30,7 +30,7 @@ from torch import nn
 from ..attacks import eval_mode, get_attack
 from ._common import reference_macs, run_attack
 from .adaptive import adaptive_study, predict
-from .attention import attention_layers, attention_study, has_attention
+from .attention import attention_layers, attention_study, has_attention, targetable
 from .energy import energy_study, has_gates
 from .pgd import is_stochastic
 from .store import ThreatKey, ThreatStore, settings_json
@@ -183,7 +183,7 @@ def run_threats(models: Sequence[str | nn.Module], *, data=None, data_dir=None, 
         if "attention" in studies and attn:
             max_k = max(layer.K for layer in attention_layers(net))
             for a in ATTENTION_ATTACKS:
-                if a == "attn-target" and max_k <= target:
+                if a == "attn-target" and not targetable(max_k, target):
                     continue
                 for e in grid:
                     units.append(_Unit(m, "attention", e, key(m, a, S[a], e), a, ((a, e),)))
