@@ -225,7 +225,8 @@ def test_why_section(report):
     md = report.index_md.read_text()
     why = md.split("Why:", 2)[-1]
     assert "attention shift KL(clean‖adv) (nats) is higher on broken examples" in why
-    assert "over n=2 models" in why and "too few models (n=2 < 6) for a conclusion" in why
+    # one audited model per training kind (dyconv_k4, dyconv_k4_at): no within-kind correlation to compute
+    assert "no audit figure is shared by 2 or more audited models of one training kind" in why
     assert "Sanity checks (gradient masking): 0 of 1 pass" in why and "Adaptive attacks (BPDA/EOT): missing" in why
 
 
@@ -253,10 +254,38 @@ def test_answer_adds_the_small_linf_eps_where_the_store_has_it(tmp_path):
     assert len(row) == 1 and row.condition.iloc[0] == "PGD-20 @ 2/255"
     assert row.verdict.iloc[0] == "less robust" and row.diff_pt.iloc[0] == pytest.approx(-20.0)
     assert "2/255" in rep.index_md.read_text()
-    # robustness vs the audit: at the standard eps and at 2/255, each with the difference to the twin at that eps
-    cor = pd.read_csv(rep.out / "tables" / "why_audit_correlation.csv")
-    assert set(cor.eps.round(6)) == {round(EPS, 6), round(small, 6)}
-    assert cor.y_what.str.contains("2/255").any() and cor.y_what.str.contains("8/255").any()
+    # robustness vs the audit (one audited model per training kind here): see test_audit_correlations_*
+
+
+def test_audit_correlations_within_each_training_kind_and_not_at_the_floor():
+    """Pooled over standard and adversarial models the rank correlation would measure the training kind; each
+    kind is correlated on its own, at 8/255 and 2/255, and a kind whose models sit at 0 % gets no rho."""
+    from types import SimpleNamespace
+
+    from robustbench_dyn.report.answer_sections import audit_correlations
+    from robustbench_dyn.report.core import model_meta
+
+    std = ["dyconv_k2", "dyconv_k3", "dyconv_k4", "dyconv_k5", "odconv_k1", "odconv_k4"]
+    at = ["dyconv_k4_at", "odconv_k4_at"]
+    loss = {m: float(i + 1) for i, m in enumerate(std + at)}  # mean-replacement loss rises along the list
+    acc = {(m, EPS): 0.0 for m in std} | {(m, EPS): 40.0 + i for i, m in enumerate(at)}
+    acc |= {(m, 2 / 255): 30.0 - i for i, m in enumerate(std)} | {(m, 2 / 255): 60.0 for m in at}
+    acc = {(m, round(e, 12)): v for (m, e), v in acc.items()}
+    ctx = SimpleNamespace(models=std + at, meta=model_meta, label=str,
+                          audit=lambda m: {"attention": {"mean_replacement_loss": loss[m]}},
+                          select_run=lambda m, a, n, e: SimpleNamespace(robust_acc=acc[(m, round(e, 12))] / 100))
+    answer = pd.DataFrame([{"dynamic": m, "attack": "PGD-20", "norm": "Linf", "eps": e, "diff_pt": v - 10}
+                           for (m, e), v in acc.items()])
+    cor = audit_correlations(ctx, answer, ("PGD-20", "Linf"))
+    assert set(cor.training) == {"standard", "at"} and set(cor.audit_figure) == {"mean_replacement_loss"}
+    std_small = cor[(cor.training == "standard") & (cor.eps.sub(2 / 255).abs() < 1e-9)]
+    assert list(std_small.n_models) == [6, 6] and not std_small.at_floor.any()
+    assert std_small.rho.tolist() == pytest.approx([-1.0, -1.0])  # falls strictly with the loss
+    std_big = cor[(cor.training == "standard") & (cor.eps.sub(EPS).abs() < 1e-9)]
+    assert std_big.at_floor.all() and std_big.rho.isna().all() and set(std_big.n_at_floor) == {6}
+    at_rows = cor[cor.training == "at"]
+    assert set(at_rows.n_models) == {2} and not at_rows.at_floor.any()
+    assert all(r.models.count(",") == 1 for r in at_rows.itertuples())  # never pooled across kinds
 
 
 def test_answer_marks_comparisons_at_an_eps_where_the_adaptive_study_found_masking(tmp_path):

@@ -32,6 +32,10 @@ from .plotting import titled
 N_BOOT, BOOT_SEED, ALPHA = 2000, 0, 0.05
 #: fewer models than this: a correlation across the zoo is shown but not read as a conclusion
 MIN_MODELS = 6
+#: robust accuracy (%) at or below which a model is "at the floor": where most models of a group are there, their
+#: ranks are ties and a rank correlation over them says nothing
+FLOOR_PCT = 1.0
+TRAINING_LABEL = {"standard": "standard-trained", "at": "adversarially trained"}
 _VERDICT_COLOR = {"more": "#2166ac", "less": "#b2182b", "none": "#777777"}
 
 
@@ -490,8 +494,13 @@ def broken_vs_surviving(ctx: ReportContext, models: list[str], ref: tuple[str, s
 def audit_correlations(ctx: ReportContext, answer: pd.DataFrame, ref: tuple[str, str] | None) -> pd.DataFrame:
     """Spearman rho (bootstrap 95% CI over models) of robust accuracy under the reference attack, and of the
     robust-accuracy difference to the static twin, against each audit figure: at the standard eps, and for an
-    L∞ reference also at :data:`SMALL_LINF_EPS`, where standard-trained models are not all at 0 % (at 8/255 they
-    tie at 0 and a rank correlation over them says nothing)."""
+    L∞ reference also at :data:`SMALL_LINF_EPS`, where standard-trained models are not all at 0 %.
+
+    Within one training kind at a time (column ``training``): pooled over standard and adversarially trained
+    models, the correlation would measure the training kind (which sets robust accuracy, and also the audit
+    figures) rather than the dynamics. A group where more than half of the models are at the floor (robust
+    accuracy <= :data:`FLOOR_PCT` %) gets ``at_floor`` and no rho: their ranks are ties, and even the difference
+    to the twin is then 0 for most of them."""
     if ref is None:
         return pd.DataFrame()
     feats: dict[str, dict[str, float]] = {k: {} for k in AUDIT_FIGURES}
@@ -520,16 +529,26 @@ def audit_correlations(ctx: ReportContext, answer: pd.DataFrame, ref: tuple[str,
                        & ((answer.eps - eps).abs() < 1e-9)] if len(answer) else []
             if len(a):
                 ys["diff_vs_static"][1][m] = float(a.diff_pt.iloc[0])
-        for yk, (ywhat, yv) in ys.items():
-            for fk, fv in feats.items():
-                ms = [m for m in ctx.models if m in yv and m in fv]
-                if len(ms) < 2:
-                    continue
-                rho, lo, hi = spearman_bootstrap([fv[m] for m in ms], [yv[m] for m in ms], n_boot=N_BOOT,
-                                                 seed=BOOT_SEED)
-                rows.append({"y": yk, "y_what": ywhat, "eps": eps, "audit_figure": fk,
-                             "audit_what": AUDIT_FIGURES[fk][0], "n_models": len(ms), "rho": rho, "ci_lo": lo,
-                             "ci_hi": hi, "models": ", ".join(ctx.label(m) for m in ms)})
+        acc = ys["robust_acc"][1]
+        kinds = list(dict.fromkeys(ctx.meta(m).training for m in audited))
+        for kind in kinds:
+            for yk, (ywhat, yv) in ys.items():
+                for fk, fv in feats.items():
+                    ms = [m for m in ctx.models if m in yv and m in fv and ctx.meta(m).training == kind]
+                    if len(ms) < 2:
+                        continue
+                    n_floor = sum(1 for m in ms if acc.get(m, math.inf) <= FLOOR_PCT)
+                    at_floor = n_floor > len(ms) / 2
+                    if at_floor:
+                        rho = lo = hi = math.nan
+                    else:
+                        rho, lo, hi = spearman_bootstrap([fv[m] for m in ms], [yv[m] for m in ms], n_boot=N_BOOT,
+                                                         seed=BOOT_SEED)
+                    rows.append({"y": yk, "y_what": ywhat, "eps": eps, "training": kind,
+                                 "training_what": TRAINING_LABEL.get(kind, kind), "audit_figure": fk,
+                                 "audit_what": AUDIT_FIGURES[fk][0], "n_models": len(ms), "n_at_floor": n_floor,
+                                 "at_floor": at_floor, "rho": rho, "ci_lo": lo, "ci_hi": hi,
+                                 "models": ", ".join(ctx.label(m) for m in ms)})
     return pd.DataFrame(rows)
 
 
@@ -639,30 +658,35 @@ def why_section(ctx: ReportContext) -> SectionResult:
     if cor.empty:
         audited = [m for m in dyn if ctx.audit(m) is not None]
         md.append("Skipped: " + ("no dynamic model has an audit of its evaluated checkpoint in the zoo manifest"
-                                 if not audited else "no audit figure is shared by 2 or more audited models with a "
-                                 f"robust accuracy under {ref[0] if ref else 'an L∞ attack'} at the standard ε or "
-                                 "2/255 "
+                                 if not audited else "no audit figure is shared by 2 or more audited models of one "
+                                 f"training kind with a robust accuracy under {ref[0] if ref else 'an L∞ attack'} at "
+                                 "the standard ε or 2/255 "
                                  f"(audited: {', '.join(ctx.label(m) for m in audited)})") + ".")
     else:
         files.append(ctx.save_table(cor, "why_audit_correlation"))
         md.append(f"Spearman ρ across the dynamic models between each audit figure and robustness; 95% bootstrap "
-                  f"interval over models ({N_BOOT} resamples, seed {BOOT_SEED}). Fewer than {MIN_MODELS} models: too "
-                  "few for a conclusion. 'robust accuracy − static twin' removes the effect of the training kind "
-                  "(standard vs adversarial), which dominates raw robust accuracy. At the standard ε the "
-                  "standard-trained models all sit near 0 %, so their ranks there are ties; ε = 2/255 is where they "
-                  "differ.")
+                  f"interval over models ({N_BOOT} resamples, seed {BOOT_SEED}), within one training kind at a time "
+                  "(standard or adversarial): pooled, the correlation would measure the training kind, which sets "
+                  "both robust accuracy and the audit figures. Fewer than "
+                  f"{MIN_MODELS} models: too few for a conclusion. Where more than half of a group's models are at "
+                  f"the floor (≤ {FLOOR_PCT:g} % robust accuracy: the standard-trained models at 8/255) their ranks "
+                  "are ties, and no ρ is computed; ε = 2/255 is where the standard-trained models differ.")
         md.append("")
         for r in cor.itertuples():
             if r.n_models < MIN_MODELS:
                 tail = f"too few models (n={r.n_models} < {MIN_MODELS}) for a conclusion"
+            elif r.at_floor:
+                tail = (f"not computed: {r.n_at_floor} of {r.n_models} models are at the floor (≤ {FLOOR_PCT:g} % "
+                        "robust accuracy)")
             elif math.isnan(r.rho):
                 tail = "undefined (one of the two is constant over these models)"
             elif r.ci_lo > 0 or r.ci_hi < 0:
                 tail = f"robustness {'rises' if r.rho > 0 else 'falls'} with the audit figure (CI excludes 0)"
             else:
                 tail = "no detectable association (CI includes 0)"
-            s = (f"{r.y_what} vs {r.audit_what}: Spearman ρ={_g(r.rho, True)} [{_g(r.ci_lo, True)}, "
-                 f"{_g(r.ci_hi, True)}] over n={r.n_models} models ({r.models}): {tail}.")
+            rho = "n/a" if r.at_floor else f"{_g(r.rho, True)} [{_g(r.ci_lo, True)}, {_g(r.ci_hi, True)}]"
+            s = (f"{r.training_what} models, {r.y_what} vs {r.audit_what}: Spearman ρ={rho} over n={r.n_models} "
+                 f"models ({r.models}): {tail}.")
             md.append(f"- {s}")
             findings.append(s)
         md += ["", ctx.md_csv(files[-1], "why_audit_correlation.csv")]
