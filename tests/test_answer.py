@@ -197,6 +197,8 @@ def test_answer_markdown_and_figure(report):
     assert "Holm-Bonferroni over the 2 comparisons of the table that can reach p < 0.05" in ans
     assert "1 of the 1 claimed differences remain: dyconv_k4 vs static PGD-20 @ 8/255 (−15.0 pt" in ans
     assert "| Holm p |" in ans
+    # in words, a difference that survives Holm is stated plainly (one that does not says so: see the real report)
+    assert "McNemar p=3.2e-12, n=400: less robust." in ans
     # it opens with the answer: one bullet per pair, only Holm survivors named, before the method paragraph
     short = ans.split("**In short**", 1)[1].split("Each dynamic model against", 1)[0]
     assert "- dyconv_k4 vs static: **less robust** under PGD-20 @ 8/255 −15.0 pt [" in short

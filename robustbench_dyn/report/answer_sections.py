@@ -264,8 +264,11 @@ def answer_section(ctx: ReportContext) -> SectionResult:
                     for v, k, h, mk in zip(tab.verdict, tab.kind, tab.survives_holm, masked_rows, strict=True)]})
     sentences = [f"{r.dynamic_label} vs {r.static_label} {_under((r.attack, r.norm, r.eps))}: "
                  f"{_pt(r.diff_pt)} pt [{_pt(r.ci_lo_pt)}, {_pt(r.ci_hi_pt)}], McNemar p={r.mcnemar_p:.2g}, "
-                 f"n={r.n_shared}: {r.verdict}" + (" (direct attack; the adaptive study finds this model masked at "
-                                                   "this ε, see below)" if mk else "") + "."
+                 f"n={r.n_shared}: {r.verdict}"
+                 + (f" (not after Holm: Holm p={_holm_text(r.holm_p)})" if r.kind != "none" and not r.survives_holm
+                    else "")
+                 + (" (direct attack; the adaptive study finds this model masked at this ε, see below)" if mk else "")
+                 + "."
                  for r, mk in zip(tab.itertuples(), masked_rows, strict=True)]
     counts = []
     for what, g in (("under attack", tab[tab.attack != "clean"]), ("clean", tab[tab.attack == "clean"])):
