@@ -93,6 +93,10 @@ class Recipe:
     #: an almost static net instead of one with randomly switched channels (the 10-epoch pilots g2/g3 trailed
     #: static by 14 pt of train accuracy after epoch 1)
     gate_warmup: float = 0.0
+    #: gated: fraction of the steps during which every gate is held open (the net trains as its static twin, the
+    #: gate modules idle); the gates and the warm-up ramp start after it. The equal-budget form of starting the
+    #: gates from a trained static net (Bejnordi et al. fine-tune pretrained weights): 0 = off (the v2 default)
+    gate_open: float = 0.0
     l0_weight: float = 0.0  # the first zoo's L0 term (expected open fraction), ramped in over l0_from..l0_full
     l0_from: float = 0.3
     l0_full: float = 0.6
@@ -125,6 +129,10 @@ class Recipe:
         if not 0.0 <= self.gate_warmup < 1.0:
             raise ConfigError(f"gate_warmup is a fraction of training in [0, 1), got {self.gate_warmup}",
                               "use e.g. --set gate_warmup=0.3")
+        if not 0.0 <= self.gate_open or self.gate_open + self.gate_warmup >= 1.0:
+            raise ConfigError(f"gate_open + gate_warmup must leave training with live gates: gate_open="
+                              f"{self.gate_open}, gate_warmup={self.gate_warmup} (sum must be < 1)",
+                              "use e.g. --set gate_open=0.4 --set gate_warmup=0.2")
         if self.budget_gates not in ("hard", "soft"):
             raise ConfigError(f"budget_gates must be 'hard' or 'soft', got {self.budget_gates!r}",
                               "use --set budget_gates=hard")
@@ -253,7 +261,8 @@ def _temperature(progress: float, r: Recipe) -> float:
 
 def _gate_schedule(progress: float, r: Recipe) -> tuple[float, float, float]:
     """(batch-shaping weight, Gumbel noise scale, MAC-hinge weight) at a fraction ``progress`` of the steps.
-    All three are scaled by the warm-up ramp ``min(progress / gate_warmup, 1)``."""
+    All three are scaled by the warm-up ramp ``min((progress - gate_open) / gate_warmup, 1)`` (0 while the gates
+    are held open, see :func:`_gates_held_open`)."""
     if progress <= r.bs_until:
         bs = r.bs_weight
     elif progress >= r.bs_off:
@@ -261,8 +270,17 @@ def _gate_schedule(progress: float, r: Recipe) -> tuple[float, float, float]:
     else:
         bs = r.bs_weight * (r.bs_off - progress) / (r.bs_off - r.bs_until)
     noise = r.gate_noise_start + (r.gate_noise_end - r.gate_noise_start) * min(max(progress, 0.0), 1.0)
-    ramp = 1.0 if r.gate_warmup <= 0 else min(max(progress, 0.0) / r.gate_warmup, 1.0)
+    live = max(progress - r.gate_open, 0.0)
+    if r.gate_warmup > 0:
+        ramp = min(live / r.gate_warmup, 1.0)
+    else:
+        ramp = 1.0 if progress >= r.gate_open else 0.0
     return bs * ramp, noise * ramp, r.budget_weight * ramp
+
+
+def _gates_held_open(progress: float, r: Recipe) -> bool:
+    """True during the first ``gate_open`` fraction of the steps, when every gate is forced to 1."""
+    return progress < r.gate_open
 
 
 def mac_ratio(probs: list[torch.Tensor], cost) -> torch.Tensor:
@@ -489,9 +507,10 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
                 set_temperature(model, current_t)
             if gated:
                 w_bs, noise, w_budget = _gate_schedule(progress, r)
+                held = _gates_held_open(progress, r)
                 for m in model.modules():
                     if isinstance(m, ChannelGate):
-                        m.noise = noise
+                        m.noise, m.force_open = noise, held
             if on_cuda and r.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast:

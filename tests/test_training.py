@@ -15,16 +15,19 @@ from robustbench_dyn import load_model
 from robustbench_dyn.checkpoints import read_manifest
 from robustbench_dyn.costs import gated_cost
 from robustbench_dyn.errors import ConfigError
+from robustbench_dyn.layers import ChannelGate
 from robustbench_dyn.registry import create_model
 from robustbench_dyn.training import (
     DeviceLoader,
     Recipe,
     _gate_schedule,
+    _gates_held_open,
     _lr_at,
     _temperature,
     catastrophic_overfit,
     fgsm_rs,
     file_epoch_sync,
+    gate_stats,
     mac_ratio,
     make_recipe,
     param_groups,
@@ -95,6 +98,31 @@ def test_schedules():
     assert _gate_schedule(0.6, w) == _gate_schedule(0.6, r)
     with pytest.raises(ConfigError, match="gate_warmup"):
         Recipe(epochs=10, gate_warmup=1.0).validate()
+
+
+def test_gate_open_holds_the_gates_open_then_ramps_them_in():
+    r = Recipe(epochs=10, gate_open=0.4, gate_warmup=0.2)
+    r.validate()
+    assert _gates_held_open(0.0, r) and _gates_held_open(0.399, r) and not _gates_held_open(0.4, r)
+    assert _gate_schedule(0.2, r) == (0.0, 0.0, 0.0)  # nothing acts on the gates while they are held open
+    bs, noise, wb = _gate_schedule(0.5, r)  # half-way up the ramp that starts at gate_open
+    assert wb == pytest.approx(r.budget_weight / 2) and bs == pytest.approx(r.bs_weight / 2)
+    assert _gate_schedule(0.7, r) == _gate_schedule(0.7, Recipe(epochs=10))
+    no_ramp = Recipe(epochs=10, gate_open=0.3)
+    assert _gate_schedule(0.29, no_ramp)[2] == 0.0 and _gate_schedule(0.3, no_ramp)[2] == no_ramp.budget_weight
+    with pytest.raises(ConfigError, match="gate_open"):
+        Recipe(epochs=10, gate_open=0.8, gate_warmup=0.2).validate()
+    # the layer: forced open, every gate is 1 in training and eval; cleared, the learned rule is back
+    torch.manual_seed(0)
+    g = ChannelGate(8, 6, init_bias=-5.0)
+    x = torch.randn(4, 8, 5, 5)
+    g.force_open = True
+    for mode in (True, False):
+        g.train(mode)
+        assert torch.equal(g(x), torch.ones(4, 6))
+    g.force_open = False
+    g.eval()
+    assert g(x).sum() == 0  # bias -5: every gate closed
 
 
 def test_no_weight_decay_on_attention_and_gates():
@@ -265,3 +293,23 @@ def test_train_script_cpu_smoke(tiny_data, tmp_models_dir, tmp_path):
     bad = subprocess.run(cmd[:3] + ["static_typo", "--epochs", "1", "--data-dir", str(tiny_data)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pilot_slim_control_replaces_the_gates_by_one_fixed_mask(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pilot_slim", Path(__file__).resolve().parent.parent / "scripts"
+                                                  / "pilot_slim_control.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(ChannelGate, "forward", ChannelGate.forward)  # restored after the test
+    mod.install_fixed_mask(0.75)
+    g = ChannelGate(8, 16).train()
+    x = torch.randn(5, 8, 4, 4)
+    m = g(x)
+    assert torch.equal(m, torch.cat([torch.ones(5, 12), torch.zeros(5, 4)], 1))  # same 12 of 16 for every input
+    model = create_model("gated").eval()
+    dens = gate_stats(model, torch.rand(6, 3, 32, 32))[0]
+    assert dens == pytest.approx(0.75)  # 12/16, 24/32, 48/64 in every block
+    with pytest.raises(SystemExit, match="density"):
+        mod.install_fixed_mask(0.0)

@@ -48,6 +48,9 @@ class ChannelGate(nn.Module):
         #: eval-time backward rule: "none" (exact: zero gradient) or "bpda" (sigmoid surrogate).
         #: An attack setting, not model state: it never changes the forward function.
         self.surrogate = "none"
+        #: training schedule flag (``Recipe.gate_open``): while True every gate is 1 (the block runs in full).
+        #: Not model state; the trainer clears it before the gates go live.
+        self.force_open = False
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(global_pool(x))
@@ -57,6 +60,8 @@ class ChannelGate(nn.Module):
         z = self.logits(x)
         if self.recorders:  # GateRecorder reads this call's logits (recomputing would run the BatchNorm twice)
             self.last_logits = z
+        if self.force_open:
+            return torch.ones_like(z)
         if self.training:
             u = torch.rand_like(z).clamp_(1e-6, 1 - 1e-6)
             soft = torch.sigmoid((z + self.noise * (torch.log(u) - torch.log1p(-u))) / self.tau)
