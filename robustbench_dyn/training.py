@@ -97,6 +97,9 @@ class Recipe:
     #: gate modules idle); the gates and the warm-up ramp start after it. The equal-budget form of starting the
     #: gates from a trained static net (Bejnordi et al. fine-tune pretrained weights): 0 = off (the v2 default)
     gate_open: float = 0.0
+    #: gated: the gates read a detached copy of the block input in training (their losses shape only the gate
+    #: layers, not the trunk's features; see ChannelGate.detach_input). False = the v2 default
+    gate_detach: bool = False
     l0_weight: float = 0.0  # the first zoo's L0 term (expected open fraction), ramped in over l0_from..l0_full
     l0_from: float = 0.3
     l0_full: float = 0.6
@@ -510,7 +513,7 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
                 held = _gates_held_open(progress, r)
                 for m in model.modules():
                     if isinstance(m, ChannelGate):
-                        m.noise, m.force_open = noise, held
+                        m.noise, m.force_open, m.detach_input = noise, held, r.gate_detach
             if on_cuda and r.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast:

@@ -125,6 +125,25 @@ def test_gate_open_holds_the_gates_open_then_ramps_them_in():
     assert g(x).sum() == 0  # bias -5: every gate closed
 
 
+def test_gate_detach_keeps_the_gate_gradient_out_of_the_trunk_in_training_only():
+    torch.manual_seed(0)
+    g = ChannelGate(8, 6, init_bias=0.0)
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    g.train()
+    g.detach_input = True
+    g(x).sum().backward()
+    assert x.grad is None and g.fc2.weight.grad is not None  # the gate layers learn, the trunk gets nothing
+    g.detach_input = False
+    g(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    g.eval()
+    g.surrogate = "bpda"
+    g.detach_input = True  # eval: the flag does nothing, an attack's BPDA gradient still reaches the input
+    x.grad = None
+    g(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_no_weight_decay_on_attention_and_gates():
     for name, attn_types in (("dyconv_k2", "attention"), ("gated", "gate")):
         model = create_model(name)

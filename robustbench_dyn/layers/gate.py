@@ -51,13 +51,17 @@ class ChannelGate(nn.Module):
         #: training schedule flag (``Recipe.gate_open``): while True every gate is 1 (the block runs in full).
         #: Not model state; the trainer clears it before the gates go live.
         self.force_open = False
+        #: training flag (``Recipe.gate_detach``): in training mode the gate reads a detached copy of the block
+        #: input, so the gate losses (batch shaping, MAC hinge) and the gate path's CE gradient reach only the
+        #: gate's own layers, never the trunk. Eval mode (and every attack on an eval model) is unaffected.
+        self.detach_input = False
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(global_pool(x))
         return self.fc2(F.relu(self.bn(h) if self.bn is not None else h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.logits(x)
+        z = self.logits(x.detach() if self.training and self.detach_input else x)
         if self.recorders:  # GateRecorder reads this call's logits (recomputing would run the BatchNorm twice)
             self.last_logits = z
         if self.force_open:
