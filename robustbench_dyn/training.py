@@ -78,6 +78,9 @@ class Recipe:
     bs_weight: float = 1.0
     bs_a: float = 0.6
     bs_b: float = 0.4
+    #: fraction of each gated block's channels (the first ones) that batch shaping acts on; the others are shaped
+    #: by the CE and the MAC hinge alone and may settle always on or off. 1.0 = every gate (the v2 default)
+    bs_channels: float = 1.0
     bs_until: float = 0.9  # fractions of training
     bs_off: float = 1.0
     mac_budget: float = 0.65  # gated: executed MACs / full MACs aimed at (a hinge above it; pilots land on it)
@@ -136,6 +139,9 @@ class Recipe:
             raise ConfigError(f"gate_open + gate_warmup must leave training with live gates: gate_open="
                               f"{self.gate_open}, gate_warmup={self.gate_warmup} (sum must be < 1)",
                               "use e.g. --set gate_open=0.4 --set gate_warmup=0.2")
+        if not 0.0 < self.bs_channels <= 1.0:
+            raise ConfigError(f"bs_channels is a fraction of each block's gates in (0, 1], got {self.bs_channels}",
+                              "use e.g. --set bs_channels=0.5")
         if self.budget_gates not in ("hard", "soft"):
             raise ConfigError(f"budget_gates must be 'hard' or 'soft', got {self.budget_gates!r}",
                               "use --set budget_gates=hard")
@@ -279,6 +285,11 @@ def _gate_schedule(progress: float, r: Recipe) -> tuple[float, float, float]:
     else:
         ramp = 1.0 if progress >= r.gate_open else 0.0
     return bs * ramp, noise * ramp, r.budget_weight * ramp
+
+
+def _shaped(probs: torch.Tensor, frac: float) -> torch.Tensor:
+    """The (B, C) gate probabilities that batch shaping acts on: the first ``round(frac * C)`` channels (>= 1)."""
+    return probs if frac >= 1.0 else probs[:, : max(1, round(frac * probs.shape[1]))]
 
 
 def _gates_held_open(progress: float, r: Recipe) -> bool:
@@ -530,7 +541,8 @@ def train(name: str, recipe: Recipe, data_dir=None, models_dir=None, run_dir=Non
                 if gated:
                     probs = rec.probabilities()
                     if w_bs > 0:
-                        loss = loss + w_bs * sum(batch_shaping_loss(p, r.bs_a, r.bs_b) for p in probs) / len(probs)
+                        loss = loss + w_bs * sum(batch_shaping_loss(_shaped(p, r.bs_channels), r.bs_a, r.bs_b)
+                                                 for p in probs) / len(probs)
                     if w_budget > 0:
                         ratio = mac_ratio(rec.gates if r.budget_gates == "hard" else probs, cost)
                         loss = loss + w_budget * (ratio - r.mac_budget).clamp(min=0)

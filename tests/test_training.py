@@ -23,6 +23,7 @@ from robustbench_dyn.training import (
     _gate_schedule,
     _gates_held_open,
     _lr_at,
+    _shaped,
     _temperature,
     catastrophic_overfit,
     fgsm_rs,
@@ -245,6 +246,16 @@ def test_train_writes_a_loadable_checkpoint(name, tiny_data, tmp_models_dir, tmp
             float(model.layers[0][0].conv1.attention.temperature))
 
 
+def test_gated_training_with_the_pilot_gate_knobs(tiny_data, tmp_models_dir, tmp_path):
+    knobs = {"gate_open": 0.4, "gate_warmup": 0.2, "gate_detach": True, "bs_channels": 0.5}
+    entry = train("gated", make_recipe("gated", **_recipe().__dict__ | {"adv": None} | knobs), data_dir=tiny_data,
+                  models_dir=tmp_models_dir, run_dir=tmp_path / "run", device="cpu", verbose=False)
+    assert {k: entry["recipe"][k] for k in knobs} == knobs  # recorded in the manifest
+    assert 0.0 <= entry["metrics"]["mean_gate_density"] <= 1.0
+    model = load_model("gated", models_dir=tmp_models_dir)
+    assert not any(getattr(m, "force_open", False) for m in model.modules())  # a loaded model runs its gates
+
+
 def test_resume_continues_from_saved_epoch(tiny_data, tmp_models_dir, tmp_path):
     r = _recipe(epochs=2, max_steps=None)
     run_dir = tmp_path / "run"
@@ -332,3 +343,14 @@ def test_pilot_slim_control_replaces_the_gates_by_one_fixed_mask(monkeypatch):
     assert dens == pytest.approx(0.75)  # 12/16, 24/32, 48/64 in every block
     with pytest.raises(SystemExit, match="density"):
         mod.install_fixed_mask(0.0)
+
+
+def test_bs_channels_limits_batch_shaping_to_the_first_channels_of_each_block():
+    p = torch.rand(7, 64)
+    assert _shaped(p, 1.0) is p
+    assert torch.equal(_shaped(p, 0.4), p[:, :26])  # round(0.4 * 64)
+    assert _shaped(torch.rand(7, 2), 0.1).shape == (7, 1)  # at least one channel
+    Recipe(epochs=10, bs_channels=0.5).validate()
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="bs_channels"):
+            Recipe(epochs=10, bs_channels=bad).validate()
