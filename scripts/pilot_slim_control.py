@@ -14,7 +14,9 @@ of the gated pilots' gap to the full static net would any net at this compute ha
 
 ``compare`` runs the slim control and each gated pilot (a models folder holding ``gated``) on the full test set
 and prints each gated pilot's paired accuracy difference to the slim control (percentile bootstrap over
-examples, exact McNemar p). Arguments after ``--`` go to ``scripts/train.py`` (``--model gated`` and the two ``--set`` are added). The
+examples, exact McNemar p).
+
+Arguments after ``--`` go to ``scripts/train.py`` (``--model gated`` and the two ``--set`` are added). The
 checkpoint it writes is a pilot artefact, not a zoo model: loaded without this script, its (untrained) gates
 would run instead of the mask. Its manifest's final clean accuracy and executed MACs are measured with the mask.
 """
