@@ -15,7 +15,7 @@ from robustbench_dyn import load_model
 from robustbench_dyn.checkpoints import read_manifest
 from robustbench_dyn.costs import gated_cost
 from robustbench_dyn.errors import ConfigError
-from robustbench_dyn.layers import ChannelGate
+from robustbench_dyn.layers import ChannelGate, GateRecorder
 from robustbench_dyn.registry import create_model
 from robustbench_dyn.training import (
     DeviceLoader,
@@ -33,6 +33,7 @@ from robustbench_dyn.training import (
     make_recipe,
     param_groups,
     train,
+    zero_gate_weights,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +177,6 @@ def test_mac_ratio_tracks_gate_density():
 def test_hard_budget_sees_the_executed_gates():
     """budget_gates="hard": the hinge's ratio is the executed-MAC ratio of the 0/1 gates that ran (soft
     probabilities can average under the budget while most hard gates are open), with a gradient."""
-    from robustbench_dyn.layers import GateRecorder
     from robustbench_dyn.training import Recipe
 
     torch.manual_seed(0)
@@ -247,7 +247,7 @@ def test_train_writes_a_loadable_checkpoint(name, tiny_data, tmp_models_dir, tmp
 
 
 def test_gated_training_with_the_pilot_gate_knobs(tiny_data, tmp_models_dir, tmp_path):
-    knobs = {"gate_open": 0.4, "gate_warmup": 0.2, "gate_detach": True, "bs_channels": 0.5}
+    knobs = {"gate_open": 0.4, "gate_warmup": 0.2, "gate_detach": True, "bs_channels": 0.5, "gate_zero_init": True}
     entry = train("gated", make_recipe("gated", **_recipe().__dict__ | {"adv": None} | knobs), data_dir=tiny_data,
                   models_dir=tmp_models_dir, run_dir=tmp_path / "run", device="cpu", verbose=False)
     assert {k: entry["recipe"][k] for k in knobs} == knobs  # recorded in the manifest
@@ -354,3 +354,22 @@ def test_bs_channels_limits_batch_shaping_to_the_first_channels_of_each_block():
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="bs_channels"):
             Recipe(epochs=10, bs_channels=bad).validate()
+
+
+def test_gate_zero_init_gives_every_input_the_same_open_gates_until_the_weights_learn():
+    torch.manual_seed(0)
+    model = create_model("gated").eval()
+    x = torch.rand(8, 3, 32, 32)
+    with GateRecorder(model) as rec:
+        model(x)
+    assert any(z.std(dim=0).max() > 0 for z in rec.logits)  # the default init: input-dependent logits
+    assert zero_gate_weights(model) == 9
+    with GateRecorder(model) as rec:
+        model(x)
+    for z, g in zip(rec.logits, rec.gates, strict=True):
+        assert torch.equal(z, z[:1].expand_as(z))  # the same logits (the bias) for every input
+        assert bool((g == 1).all())  # the bias starts at +0.5: every gate open
+    loss = model.train()(x).logsumexp(1).mean()
+    loss.backward()
+    gate = next(m for m in model.modules() if isinstance(m, ChannelGate))
+    assert gate.fc2.weight.grad.abs().sum() > 0  # the weights still learn: input dependence can grow

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Multi-seed gap of a gated recipe pilot to the static twin, from ``reports/recipe_pilot.json``.
+
+#12's gated target (within 1.5 pt of static at 10 epochs, >= 30 % conditional gates, <= 0.7x MACs) is
+judged on the mean over seeds, not on the best seed. The pilot runs are paired by seed: seed ``s`` of a
+pilot ``P`` (key ``gated@P`` for seed 0, ``gated@PsS`` otherwise) against the static net trained with the
+same seed (keys ``static@v2`` for seed 0, ``static@sS`` otherwise); the seed fixes the data order and the
+augmentation, so the paired difference removes part of the run-to-run noise the two nets share.
+
+    python scripts/pilot_seeds.py g10 g12          # markdown table per pilot, mean gap, t-interval
+
+Every figure comes from the JSON (clean accuracy on the full 10,000-image test set, the audit's gate figures);
+nothing is recomputed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+PILOT_JSON = ROOT / "reports" / "recipe_pilot.json"
+
+
+def _seed(entry: dict) -> int:
+    """The entry's training seed. The session-3 entries (``static@v2``) predate the field: they ran the default, 0."""
+    return int(entry.get("seed", 0))
+
+
+def static_runs(data: dict) -> dict[int, dict]:
+    """Static twins by seed: ``static@v2`` and ``static@s<N>``."""
+    return {_seed(e): e for k, e in data.items() if k == "static@v2" or re.fullmatch(r"static@s\d+", k)}
+
+
+def pilot_runs(data: dict, pilot: str) -> dict[int, dict]:
+    """A gated pilot's runs by seed: ``gated@<pilot>`` and ``gated@<pilot>s<N>``."""
+    pat = re.compile(rf"gated@{re.escape(pilot)}(s\d+)?")
+    return {_seed(e): e for k, e in data.items() if pat.fullmatch(k)}
+
+
+def paired_gaps(data: dict, pilot: str, target_pt: float = 1.5) -> dict:
+    """Per-seed rows and the summary (mean gap in points, its standard error and 95 % t-interval)."""
+    statics, runs = static_runs(data), pilot_runs(data, pilot)
+    if not runs:
+        raise SystemExit(f"no runs of pilot {pilot!r} in the JSON (keys gated@{pilot}, gated@{pilot}s<N>)")
+    rows = []
+    for seed, e in sorted(runs.items()):
+        if seed not in statics:
+            continue  # no static twin with this seed yet: not paired, not counted
+        acc, ref = 100 * e["metrics"]["clean_acc"], 100 * statics[seed]["metrics"]["clean_acc"]
+        rows.append({"seed": seed, "gated": acc, "static": ref, "gap": acc - ref,
+                     "conditional": e["audit"]["gates"]["conditional_frac"],
+                     "macs": e["metrics"]["executed_macs_ratio_vs_full"], "verdict": e["audit"]["verdict"]})
+    gaps = [r["gap"] for r in rows]
+    out = {"pilot": pilot, "rows": rows, "n": len(gaps), "mean_gap": statistics.mean(gaps) if gaps else math.nan}
+    if len(gaps) > 1:
+        se = statistics.stdev(gaps) / math.sqrt(len(gaps))
+        half = stats.t.ppf(0.975, len(gaps) - 1) * se
+        out.update(se=se, ci=(out["mean_gap"] - half, out["mean_gap"] + half))
+    out["meets_target"] = bool(rows) and out["mean_gap"] >= -target_pt and all(
+        r["conditional"] >= 0.30 and r["macs"] <= 0.70 and r["verdict"] == "dynamic" for r in rows)
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = [f"**{res['pilot']}**", "",
+             "| seed | gated % | static % | gap pt | conditional gates | exec. MACs / full | audit |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['seed']} | {r['gated']:.2f} | {r['static']:.2f} | {r['gap']:+.2f} | "
+                     f"{100 * r['conditional']:.0f}% | {r['macs']:.3f} | {r['verdict']} |")
+    summary = f"mean gap {res['mean_gap']:+.2f} pt over {res['n']} seed(s)"
+    if "se" in res:
+        summary += f", SE {res['se']:.2f}, 95 % t-interval [{res['ci'][0]:+.2f}, {res['ci'][1]:+.2f}]"
+    lines += ["", summary + f"; target (mean gap >= -1.5 pt, every seed >= 30 % conditional, <= 0.7x MACs, "
+                            f"dynamic): {'met' if res['meets_target'] else 'not met'}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("pilots", nargs="+", help="pilot names, e.g. g10 g12")
+    ap.add_argument("--json", type=Path, default=PILOT_JSON, help="recipe pilot results (default: %(default)s)")
+    args = ap.parse_args(argv)
+    data = json.loads(args.json.read_text())
+    print("\n\n".join(markdown(paired_gaps(data, p)) for p in args.pilots))
+
+
+if __name__ == "__main__":
+    main()

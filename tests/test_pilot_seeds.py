@@ -1,0 +1,57 @@
+"""scripts/pilot_seeds.py: the multi-seed, seed-paired gap of a gated pilot to the static twin."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+import pilot_seeds  # noqa: E402
+
+
+def _gated(seed, acc, cond=0.6, macs=0.69, verdict="dynamic"):
+    return {"seed": seed, "metrics": {"clean_acc": acc, "executed_macs_ratio_vs_full": macs},
+            "audit": {"verdict": verdict, "gates": {"conditional_frac": cond}}}
+
+
+def _static(seed, acc):
+    return {"seed": seed, "metrics": {"clean_acc": acc}}
+
+
+def _data(**over):
+    d = {"static@v2": _static(0, 0.80), "static@s1": _static(1, 0.82), "static@s2": _static(2, 0.81),
+         "gated@p": _gated(0, 0.79), "gated@ps1": _gated(1, 0.80), "gated@ps2": _gated(2, 0.795),
+         "gated@ps3": _gated(3, 0.90),  # no static twin with seed 3: must not be counted
+         "gated@px": _gated(0, 0.50), "gated@pslim": _gated(0, 0.5)}  # other pilots whose names start with "p"
+    d.update(over)
+    return d
+
+
+def test_gaps_are_paired_by_seed_and_summarised():
+    res = pilot_seeds.paired_gaps(_data(), "p")
+    assert [r["seed"] for r in res["rows"]] == [0, 1, 2]
+    assert [round(r["gap"], 6) for r in res["rows"]] == [-1.0, -2.0, -1.5]
+    assert res["n"] == 3 and res["mean_gap"] == pytest.approx(-1.5)
+    assert res["se"] == pytest.approx(0.5 / 3 ** 0.5)
+    half = 4.302653 * 0.5 / 3 ** 0.5  # t(0.975, df=2)
+    assert res["ci"] == pytest.approx((-1.5 - half, -1.5 + half), abs=1e-5)
+    assert res["meets_target"]  # exactly -1.5 pt is within 1.5 pt
+    assert "mean gap -1.50 pt over 3 seed(s)" in pilot_seeds.markdown(res)
+
+
+@pytest.mark.parametrize("over", [{"gated@ps1": _gated(1, 0.79)},            # mean gap -1.83 pt
+                                  {"gated@ps2": _gated(2, 0.795, cond=0.2)},  # too few conditional gates
+                                  {"gated@ps2": _gated(2, 0.795, macs=0.71)},  # over the MAC budget
+                                  {"gated@ps2": _gated(2, 0.795, verdict="static")}])
+def test_target_needs_mean_gap_and_every_seed_dynamic_within_budget(over):
+    assert not pilot_seeds.paired_gaps(_data(**over), "p")["meets_target"]
+
+
+def test_unknown_pilot_is_a_clear_error():
+    with pytest.raises(SystemExit, match="no runs of pilot 'q'"):
+        pilot_seeds.paired_gaps(_data(), "q")
