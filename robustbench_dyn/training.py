@@ -105,7 +105,7 @@ class Recipe:
     gate_detach: bool = False
     #: gated: the gates' output layer starts with zero weights, so every input gets the same gates (its bias: open)
     #: and the first steps train the full net instead of one with randomly closed channels (the pilots' gated nets
-    #: trail the static and the width-matched slim net by 5-6 pt of train accuracy after epoch 1); the input
+    #: trail the static and the width-matched slim net by 3-6 pt of train accuracy after epoch 1); the input
     #: dependence grows as those weights learn. Not applied with ``init_from``. False = the v2 default
     gate_zero_init: bool = False
     l0_weight: float = 0.0  # the first zoo's L0 term (expected open fraction), ramped in over l0_from..l0_full
