@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Multi-seed gap of a gated recipe pilot to the static twin, from ``reports/recipe_pilot.json``.
 
-#12's gated target (within 1.5 pt of static at 10 epochs, >= 30 % conditional gates, <= 0.7x MACs) is
-judged on the mean over seeds, not on the best seed. The pilot runs are paired by seed: seed ``s`` of a
-pilot ``P`` (key ``gated@P`` for seed 0, ``gated@PsS`` otherwise) against the static net trained with the
-same seed (keys ``static@v2`` for seed 0, ``static@sS`` otherwise); the seed fixes the data order and the
-augmentation, so the paired difference removes part of the run-to-run noise the two nets share.
+#12's gated target (within 1.5 pt of static at the same budget, >= 30 % conditional gates, <= 0.7x MACs) is
+judged on the mean over seeds, not on the best seed. The pilot runs are paired by seed and epoch budget:
+seed ``s`` of a pilot ``P`` (key ``gated@P`` for seed 0, ``gated@PsS`` otherwise) against the static net
+trained with the same seed for the same number of epochs (10 epochs: keys ``static@v2`` for seed 0,
+``static@sS`` otherwise; E epochs: ``static@eE`` and ``static@eEsS``); the seed fixes the data order and
+the augmentation, so the paired difference removes part of the run-to-run noise the two nets share.
 
-    python scripts/pilot_seeds.py g10 g12          # markdown table per pilot, mean gap, t-interval
+    python scripts/pilot_seeds.py g10 g12 g12e30   # markdown table per pilot, mean gap, t-interval
 
 Every figure comes from the JSON (clean accuracy on the full 10,000-image test set, the audit's gate figures);
 nothing is recomputed here.
@@ -33,9 +34,15 @@ def _seed(entry: dict) -> int:
     return int(entry.get("seed", 0))
 
 
-def static_runs(data: dict) -> dict[int, dict]:
-    """Static twins by seed: ``static@v2`` and ``static@s<N>``."""
-    return {_seed(e): e for k, e in data.items() if k == "static@v2" or re.fullmatch(r"static@s\d+", k)}
+def _epochs(entry: dict) -> int:
+    """The entry's epoch budget. The pilots were 10-epoch runs unless the entry says otherwise."""
+    return int(entry.get("epochs") or 10)
+
+
+def static_runs(data: dict) -> dict[tuple[int, int], dict]:
+    """Static twins by (epochs, seed): ``static@v2``, ``static@s<N>``, ``static@e<E>`` and ``static@e<E>s<N>``."""
+    return {(_epochs(e), _seed(e)): e for k, e in data.items()
+            if k == "static@v2" or re.fullmatch(r"static@(e\d+)?(s\d+)?", k) and k != "static@"}
 
 
 def pilot_runs(data: dict, pilot: str) -> dict[int, dict]:
@@ -51,10 +58,11 @@ def paired_gaps(data: dict, pilot: str, target_pt: float = 1.5) -> dict:
         raise SystemExit(f"no runs of pilot {pilot!r} in the JSON (keys gated@{pilot}, gated@{pilot}s<N>)")
     rows = []
     for seed, e in sorted(runs.items()):
-        if seed not in statics:
-            continue  # no static twin with this seed yet: not paired, not counted
-        acc, ref = 100 * e["metrics"]["clean_acc"], 100 * statics[seed]["metrics"]["clean_acc"]
-        rows.append({"seed": seed, "gated": acc, "static": ref, "gap": acc - ref,
+        twin = statics.get((_epochs(e), seed))
+        if twin is None:
+            continue  # no static twin with this seed and epoch budget yet: not paired, not counted
+        acc, ref = 100 * e["metrics"]["clean_acc"], 100 * twin["metrics"]["clean_acc"]
+        rows.append({"seed": seed, "epochs": _epochs(e), "gated": acc, "static": ref, "gap": acc - ref,
                      "conditional": e["audit"]["gates"]["conditional_frac"],
                      "macs": e["metrics"]["executed_macs_ratio_vs_full"], "verdict": e["audit"]["verdict"]})
     gaps = [r["gap"] for r in rows]
@@ -70,10 +78,10 @@ def paired_gaps(data: dict, pilot: str, target_pt: float = 1.5) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [f"**{res['pilot']}**", "",
-             "| seed | gated % | static % | gap pt | conditional gates | exec. MACs / full | audit |",
-             "|---|---|---|---|---|---|---|"]
+             "| seed | epochs | gated % | static % | gap pt | conditional gates | exec. MACs / full | audit |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        lines.append(f"| {r['seed']} | {r['gated']:.2f} | {r['static']:.2f} | {r['gap']:+.2f} | "
+        lines.append(f"| {r['seed']} | {r['epochs']} | {r['gated']:.2f} | {r['static']:.2f} | {r['gap']:+.2f} | "
                      f"{100 * r['conditional']:.0f}% | {r['macs']:.3f} | {r['verdict']} |")
     summary = f"mean gap {res['mean_gap']:+.2f} pt over {res['n']} seed(s)"
     if "se" in res:

@@ -55,3 +55,15 @@ def test_target_needs_mean_gap_and_every_seed_dynamic_within_budget(over):
 def test_unknown_pilot_is_a_clear_error():
     with pytest.raises(SystemExit, match="no runs of pilot 'q'"):
         pilot_seeds.paired_gaps(_data(), "q")
+
+
+def test_pairs_match_the_epoch_budget_too():
+    def e30(entry):
+        return {**entry, "epochs": 30}
+    data = _data(**{"static@e30": e30(_static(0, 0.87)), "static@e30s1": e30(_static(1, 0.86)),
+                    "gated@q": e30(_gated(0, 0.86)), "gated@qs1": e30(_gated(1, 0.84)),
+                    "gated@qs2": e30(_gated(2, 0.85))})  # seed 2 has only a 10-epoch static: not paired
+    res = pilot_seeds.paired_gaps(data, "q")
+    assert [(r["seed"], r["epochs"]) for r in res["rows"]] == [(0, 30), (1, 30)]
+    assert [round(r["gap"], 6) for r in res["rows"]] == [-1.0, -2.0]
+    assert [r["static"] for r in pilot_seeds.paired_gaps(data, "p")["rows"]] == pytest.approx([80, 82, 81])
