@@ -225,6 +225,18 @@ def test_recipe_validation():
     assert make_recipe("static", epochs=1).adv == "none"
 
 
+def test_v3_preset_changes_only_the_gate_knobs():
+    v2, v3 = make_recipe("gated", "v2", epochs=1), make_recipe("gated", "v3", epochs=1)
+    changed = {k for k in Recipe.__dataclass_fields__ if getattr(v2, k) != getattr(v3, k)}
+    assert changed == {"bs_weight", "gate_detach", "gate_warmup", "gate_noise_start", "mac_budget",
+                       "budget_weight", "note"}
+    assert v3.bs_weight == 0 and v3.gate_detach and v3.note.startswith("recipe v3")
+    v3.validate()
+    assert make_recipe("gated_at", "v3", epochs=1, bs_weight=0.5).bs_weight == 0.5  # overrides still win
+    with pytest.raises(ConfigError, match="unknown recipe 'v9'"):
+        make_recipe("gated", "v9", epochs=1)
+
+
 @pytest.mark.parametrize("name", ["static", "dyconv_k2", "gated_at"])
 def test_train_writes_a_loadable_checkpoint(name, tiny_data, tmp_models_dir, tmp_path):
     entry = train(name, make_recipe(name, **_recipe().__dict__ | {"adv": None}), data_dir=tiny_data,
