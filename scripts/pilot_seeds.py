@@ -71,8 +71,19 @@ def paired_gaps(data: dict, pilot: str, target_pt: float = 1.5) -> dict:
         se = statistics.stdev(gaps) / math.sqrt(len(gaps))
         half = stats.t.ppf(0.975, len(gaps) - 1) * se
         out.update(se=se, ci=(out["mean_gap"] - half, out["mean_gap"] + half))
-    out["meets_target"] = bool(rows) and out["mean_gap"] >= -target_pt and all(
-        r["conditional"] >= 0.30 and r["macs"] <= 0.70 and r["verdict"] == "dynamic" for r in rows)
+    misses = [] if rows else ["no seed paired with a static twin"]
+    if rows and not out["mean_gap"] >= -target_pt:
+        misses.append(f"mean gap {out['mean_gap']:+.2f} pt < -{target_pt} pt")
+    for r in rows:
+        s = r["seed"]
+        if r["conditional"] < 0.30:
+            misses.append(f"seed {s}: {100 * r['conditional']:.0f} % conditional gates < 30 %")
+        if r["macs"] > 0.70:  # strict: 0.7005 is over the 0.7x budget
+            misses.append(f"seed {s}: executed MACs {r['macs']:.4f} > 0.70x")
+        if r["verdict"] != "dynamic":
+            misses.append(f"seed {s}: audit {r['verdict']}")
+    out["misses"] = misses
+    out["meets_target"] = not misses
     return out
 
 
@@ -82,12 +93,13 @@ def markdown(res: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['seed']} | {r['epochs']} | {r['gated']:.2f} | {r['static']:.2f} | {r['gap']:+.2f} | "
-                     f"{100 * r['conditional']:.0f}% | {r['macs']:.3f} | {r['verdict']} |")
+                     f"{100 * r['conditional']:.0f}% | {r['macs']:.4f} | {r['verdict']} |")
     summary = f"mean gap {res['mean_gap']:+.2f} pt over {res['n']} seed(s)"
     if "se" in res:
         summary += f", SE {res['se']:.2f}, 95 % t-interval [{res['ci'][0]:+.2f}, {res['ci'][1]:+.2f}]"
+    verdict = "met" if res["meets_target"] else f"not met ({'; '.join(res['misses'])})"
     lines += ["", summary + f"; target (mean gap >= -1.5 pt, every seed >= 30 % conditional, <= 0.7x MACs, "
-                            f"dynamic): {'met' if res['meets_target'] else 'not met'}"]
+                            f"dynamic): {verdict}"]
     return "\n".join(lines)
 
 

@@ -49,7 +49,9 @@ def test_gaps_are_paired_by_seed_and_summarised():
                                   {"gated@ps2": _gated(2, 0.795, macs=0.71)},  # over the MAC budget
                                   {"gated@ps2": _gated(2, 0.795, verdict="static")}])
 def test_target_needs_mean_gap_and_every_seed_dynamic_within_budget(over):
-    assert not pilot_seeds.paired_gaps(_data(**over), "p")["meets_target"]
+    res = pilot_seeds.paired_gaps(_data(**over), "p")
+    assert not res["meets_target"] and len(res["misses"]) == 1
+    assert "not met (" + res["misses"][0] + ")" in pilot_seeds.markdown(res)
 
 
 def test_unknown_pilot_is_a_clear_error():
