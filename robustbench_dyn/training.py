@@ -751,8 +751,9 @@ def choose_dyconv_mode(model: nn.Module, batch_size: int, device, bf16: bool = T
 #: "v3" is v2 with the gate knobs of the recipe pilot g12 (reports/recipe_pilot.md); it changes gated models
 #: only: no batch shaping (it cost ~1 pt at every weight tried), the gates read a detached block input, the
 #: gate losses and noise ramp in over the first 30 % of the steps, a 0.70x MAC budget with a weight-1 hinge.
-#: At 30 epochs (seed 0) it trails static by 0.86 pt with 66 % conditional gates at 0.68x MACs, where v2's
-#: batch-shaped gated model trails by 2.1 pt.
+#: At 30 epochs it trails static by 1.10 pt over 3 seeds (v2's batch-shaped gated model: 2.1 pt, seed 0), with
+#: 59-66 % conditional gates at 0.68-0.70x MACs, but the gates are only marginally dynamic: a fixed majority mask
+#: costs 4.2 / 3.0 / 2.0 pt (the audit's threshold is 2), so v2 stays the default.
 RECIPES: dict[str, dict] = {
     "v2": {},
     "v3": {"bs_weight": 0.0, "gate_detach": True, "gate_warmup": 0.3, "gate_noise_start": 0.25,
