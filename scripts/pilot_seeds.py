@@ -41,8 +41,7 @@ def _epochs(entry: dict) -> int:
 
 def static_runs(data: dict) -> dict[tuple[int, int], dict]:
     """Static twins by (epochs, seed): ``static@v2``, ``static@s<N>``, ``static@e<E>`` and ``static@e<E>s<N>``."""
-    return {(_epochs(e), _seed(e)): e for k, e in data.items()
-            if k == "static@v2" or re.fullmatch(r"static@(e\d+)?(s\d+)?", k) and k != "static@"}
+    return {(_epochs(e), _seed(e)): e for k, e in data.items() if re.fullmatch(r"static@(v2|s\d+|e\d+(s\d+)?)", k)}
 
 
 def pilot_runs(data: dict, pilot: str) -> dict[int, dict]:
