@@ -14,9 +14,10 @@ if str(SCRIPTS) not in sys.path:
 import pilot_seeds  # noqa: E402
 
 
-def _gated(seed, acc, cond=0.6, macs=0.69, verdict="dynamic"):
+def _gated(seed, acc, cond=0.6, macs=0.69, verdict="dynamic", mask_loss=3.0):
     return {"seed": seed, "metrics": {"clean_acc": acc, "executed_macs_ratio_vs_full": macs},
-            "audit": {"verdict": verdict, "gates": {"conditional_frac": cond}}}
+            "audit": {"verdict": verdict, "n": 1000,
+                      "gates": {"conditional_frac": cond, "majority_mask_loss": mask_loss}}}
 
 
 def _static(seed, acc):
@@ -26,7 +27,7 @@ def _static(seed, acc):
 def _data(**over):
     d = {"static@v2": _static(0, 0.80), "static@s1": _static(1, 0.82), "static@s2": _static(2, 0.81),
          "gated@p": _gated(0, 0.79), "gated@ps1": _gated(1, 0.80), "gated@ps2": _gated(2, 0.795),
-         "gated@ps3": _gated(3, 0.90),  # no static twin with seed 3: must not be counted
+         "gated@ps3": _gated(3, 0.90),  # no static twin with seed 3: no gap, but its audit counts
          "gated@px": _gated(0, 0.50), "gated@pslim": _gated(0, 0.5)}  # other pilots whose names start with "p"
     d.update(over)
     return d
@@ -69,3 +70,22 @@ def test_pairs_match_the_epoch_budget_too():
     assert [(r["seed"], r["epochs"]) for r in res["rows"]] == [(0, 30), (1, 30)]
     assert [round(r["gap"], 6) for r in res["rows"]] == [-1.0, -2.0]
     assert [r["static"] for r in pilot_seeds.paired_gaps(data, "p")["rows"]] == pytest.approx([80, 82, 81])
+
+
+def test_unpaired_seed_counts_for_the_audit_not_the_gap():
+    res = pilot_seeds.paired_gaps(_data(), "p")
+    assert [r["seed"] for r in res["unpaired"]] == [3] and res["n"] == 3
+    assert "| 3 | 10 | 90.00 | no twin |  |" in pilot_seeds.markdown(res)
+    bad = pilot_seeds.paired_gaps(_data(**{"gated@ps3": _gated(3, 0.90, verdict="static")}), "p")
+    assert bad["mean_gap"] == pytest.approx(-1.5) and bad["misses"] == ["seed 3: audit static (n=1000)"]
+
+
+def test_full_test_set_audit_decides_where_present():
+    g = _gated(2, 0.795)  # dynamic on the 1000-image audit
+    g["audit_n10000"] = {"verdict": "static", "n": 10000,
+                         "gates": {"conditional_frac": 0.64, "majority_mask_loss": 1.99}}
+    res = pilot_seeds.paired_gaps(_data(**{"gated@ps2": g}), "p")
+    row = res["rows"][2]
+    assert (row["verdict"], row["audit_n"], row["mask_loss"], row["conditional"]) == ("static", 10000, 1.99, 0.64)
+    assert res["misses"] == ["seed 2: audit static (n=10000)"]
+    assert "| 1.99 | static (10000) |" in pilot_seeds.markdown(res)
