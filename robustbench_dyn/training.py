@@ -753,11 +753,18 @@ def choose_dyconv_mode(model: nn.Module, batch_size: int, device, bf16: bool = T
 #: gate losses and noise ramp in over the first 30 % of the steps, a 0.70x MAC budget with a weight-1 hinge.
 #: At 30 epochs it trails static by 1.10 pt over 3 seeds (v2's batch-shaped gated model: 2.1 pt, seed 0), with
 #: 59-66 % conditional gates at 0.68-0.70x MACs, but the gates are only marginally dynamic: a fixed majority mask
-#: costs 4.2 / 3.0 / 2.0 pt (the audit's threshold is 2), so v2 stays the default.
+#: costs 4.2 / 3.0 / 2.0 pt (the audit's threshold is 2).
+#: "v4" is v3 with a 0.68x MAC budget (pilot g16): at 30 epochs it trails static by 1.05 pt over 3 seed-paired
+#: runs, executes 0.66-0.67x the MACs, keeps 61-65 % of the gates conditional, and all 4 seeds trained pass the
+#: audit on the full test set (majority mask 2.3-3.4 pt), the first gated recipe that meets #12's target on every
+#: seed. The margin over the audit's 2 pt is thin, so v2 (batch shaping, clearly dynamic, ~2 pt below static)
+#: stays the default until the zoo is retrained with v4.
+_V3_GATES = {"bs_weight": 0.0, "gate_detach": True, "gate_warmup": 0.3, "gate_noise_start": 0.25,
+             "mac_budget": 0.70, "budget_weight": 1.0}
 RECIPES: dict[str, dict] = {
     "v2": {},
-    "v3": {"bs_weight": 0.0, "gate_detach": True, "gate_warmup": 0.3, "gate_noise_start": 0.25,
-           "mac_budget": 0.70, "budget_weight": 1.0},
+    "v3": _V3_GATES,
+    "v4": {**_V3_GATES, "mac_budget": 0.68},
     "v1": {"attn_norm": False, "no_decay_dynamic": False, "temp_anneal_frac": 5 / 18, "bs_weight": 1.0,
            "bs_until": 0.5, "bs_off": 0.6, "budget_weight": 0.0, "gate_noise_start": 1.0, "gate_noise_end": 1.0,
            "l0_weight": 0.5,

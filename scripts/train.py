@@ -41,7 +41,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--holdout", type=int, default=None, help="held-out training images for the per-epoch check")
     p.add_argument("--recipe", default="v2",
                    help="named recipe: v2 (the fixed recipe, default), v3 (v2 with the pilot g12's gate knobs: no "
-                        "batch shaping; gated models only) or v1 (the first zoo's, for comparisons)")
+                        "batch shaping; gated models only), v4 (v3 with a 0.68x MAC budget, pilot g16: the gated "
+                        "recipe that meets #12's target) or v1 (the first zoo's, for comparisons)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the CPU (two single-thread runs side by side beat one two-thread run)")
     p.add_argument("--init-from", default=None,

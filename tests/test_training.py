@@ -233,6 +233,9 @@ def test_v3_preset_changes_only_the_gate_knobs():
     assert v3.bs_weight == 0 and v3.gate_detach and v3.note.startswith("recipe v3")
     v3.validate()
     assert make_recipe("gated_at", "v3", epochs=1, bs_weight=0.5).bs_weight == 0.5  # overrides still win
+    v4 = make_recipe("gated", "v4", epochs=1)
+    assert {k for k in Recipe.__dataclass_fields__ if getattr(v3, k) != getattr(v4, k)} == {"mac_budget", "note"}
+    assert v4.mac_budget == 0.68 and v3.mac_budget == 0.70 and v4.note.startswith("recipe v4")
     with pytest.raises(ConfigError, match="unknown recipe 'v9'"):
         make_recipe("gated", "v9", epochs=1)
 
