@@ -145,6 +145,7 @@ def test_gate_figures_static(gate_audits):
     assert 0.3 < g["always_off_frac"] < 0.4 and g["always_on_frac"] == pytest.approx(1 - g["always_off_frac"])
     assert g["distinct_patterns"] == pytest.approx(1 / res["n"])  # one pattern for every input
     assert g["majority_mask_loss"] == pytest.approx(0.0, abs=1e-6)  # the majority mask is the gates
+    assert g["majority_mask_loss_se"] == pytest.approx(0.0, abs=1e-9)  # and changes no single prediction
     assert g["matched_mask_loss"] == pytest.approx(0.0, abs=1e-6)  # and so is the mask at matched density
     assert g["majority_mask_density"] == pytest.approx(g["density"])
     assert g["gate_class_mi_bits"] == pytest.approx(0.0, abs=1e-9)
@@ -160,6 +161,7 @@ def test_gate_figures_dynamic(gate_audits):
     assert g["conditional_frac"] >= 0.8
     assert g["distinct_patterns"] == 1.0  # every input its own pattern
     assert g["majority_mask_loss"] >= 10
+    assert 0 < g["majority_mask_loss_se"] < g["majority_mask_loss"]
     assert g["matched_mask_loss"] >= 10  # a pruned net of equal compute does not replace input-dependent gates
     assert g["gate_class_mi_bits"] > 0.0
     assert res["verdict"] == "dynamic" and g["verdict"] == "dynamic"
@@ -225,3 +227,12 @@ def test_a_loss_of_exactly_the_threshold_counts():
     assert (clean, masked) == (0.801, 0.781)
     assert _loses(clean, masked, 2.0) and not _loses(clean, masked, 2.01)
     assert not _loses(0.801, 0.782, 2.0)
+
+
+def test_paired_se_of_an_accuracy_difference():
+    from robustbench_dyn.audit import _paired_se_pt
+
+    y = torch.zeros(4, dtype=torch.long)
+    a, b = torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 1, 1])  # differences 0, 0, 1, 1
+    assert _paired_se_pt(a, b, y) == pytest.approx(100 * (1 / 3) ** 0.5 / 2)  # sample std sqrt(1/3), n = 4
+    assert _paired_se_pt(a, a, y) == 0.0
