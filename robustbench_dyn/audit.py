@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from .dynamics import attention_modules, forward_hooks, gate_modules
+from .stats import paired_se
 
 RULE = ("dynamic iff the dynamic part changes the function: replacing each example's attention by the "
         "audit-set mean in all layers costs >= {min_loss_pt:g} accuracy points (attention models), or "
@@ -111,12 +112,6 @@ def _forward_all(model: nn.Module, x: torch.Tensor, batch_size: int, record: lis
 def _acc(pred: torch.Tensor, y: torch.Tensor) -> float:
     """Exact fraction correct (count / n in float64: a float32 mean made a 20-in-1000 loss 1.9999981 pt)."""
     return int((pred == y).sum()) / len(y)
-
-
-def _paired_se_pt(pred_a: torch.Tensor, pred_b: torch.Tensor, y: torch.Tensor) -> float:
-    """Standard error, in points, of ``acc(a) - acc(b)`` on the same images (per-example paired differences)."""
-    d = (pred_a == y).double() - (pred_b == y).double()
-    return float(100 * d.std(unbiased=True) / math.sqrt(len(d))) if len(d) > 1 else math.nan
 
 
 def _loses(acc_from: float, acc_to: float, min_loss_pt: float) -> bool:
@@ -306,7 +301,7 @@ def audit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
                 "density": float(allg.mean()),
                 "majority_mask_acc": acc_major,
                 "majority_mask_loss": 100 * (clean - acc_major),
-                "majority_mask_loss_se": _paired_se_pt(pred, pred_major, y),
+                "majority_mask_loss_se": 100 * paired_se(((pred == y).double() - (pred_major == y).double()).numpy()),
                 "majority_mask_density": float(np.mean(np.concatenate([(r >= 0.5) for r in rates]))),
                 "matched_mask_acc": acc_matched,
                 "matched_mask_loss": 100 * (clean - acc_matched),
@@ -333,9 +328,10 @@ def _why(res: dict, th: AuditThresholds) -> str:
                     f"({'>=' if a['verdict'] == 'dynamic' else '<'} {th.min_loss_pt:g})")
     if "gates" in res:
         g = res["gates"]
-        se = g.get("majority_mask_loss_se")
+        se = g.get("majority_mask_loss_se")  # absent in audits written before it existed
+        se_txt = f" (SE {se:.1f})" if se is not None and math.isfinite(se) else ""
         bits.append(f"{100 * g['conditional_frac']:.0f} % conditional gates, majority mask costs "
-                    f"{g['majority_mask_loss']:.1f} pt" + (f" (SE {se:.1f})" if se is not None else ""))
+                    f"{g['majority_mask_loss']:.1f} pt{se_txt}")
     return "; ".join(bits)
 
 

@@ -79,6 +79,13 @@ def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
+def paired_se(diff) -> float:
+    """Standard error of the mean of per-example paired differences ``diff`` (sample SD / sqrt(n)): e.g.
+    correct_a - correct_b on the same images gives the SE of acc(a) - acc(b). nan for fewer than 2 examples."""
+    d = np.asarray(diff, dtype=float).ravel()
+    return float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
+
+
 def paired_bootstrap(diff, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lo, hi): the mean of per-example paired differences ``diff`` (e.g. correct_dynamic - correct_static
     on the examples both models saw) and its percentile bootstrap interval, resampling whole examples so the

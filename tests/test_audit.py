@@ -230,9 +230,8 @@ def test_a_loss_of_exactly_the_threshold_counts():
 
 
 def test_paired_se_of_an_accuracy_difference():
-    from robustbench_dyn.audit import _paired_se_pt
+    from robustbench_dyn.stats import paired_se
 
-    y = torch.zeros(4, dtype=torch.long)
-    a, b = torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 1, 1])  # differences 0, 0, 1, 1
-    assert _paired_se_pt(a, b, y) == pytest.approx(100 * (1 / 3) ** 0.5 / 2)  # sample std sqrt(1/3), n = 4
-    assert _paired_se_pt(a, a, y) == 0.0
+    assert paired_se([0, 0, 1, 1]) == pytest.approx((1 / 3) ** 0.5 / 2)  # sample std sqrt(1/3), n = 4
+    assert paired_se([0, 0, 0, 0]) == 0.0
+    assert math.isnan(paired_se([1]))
